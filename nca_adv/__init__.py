@@ -1,0 +1,1 @@
+"""nca-adv: adversarial reprogramming of Neural Cellular Automata, in JAX."""

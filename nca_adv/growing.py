@@ -1,0 +1,190 @@
+"""The Growing Neural CA (Mordvintsev et al., Distill 2020): step, rollout, loss, training.
+
+State (..., H, W, 16) float32: RGBA first (RGB premultiplied by alpha), 12 hidden
+channels. Any leading batch dimensions are carried through every function.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from nca_adv.masks import alive_mask, circle_damage_masks, fire_mask
+from nca_adv.perceive import sobel_perceive
+from nca_adv.update import GrowingUpdate, init_params
+
+CHANNELS = 16
+FIRE_RATE = 0.5
+UPDATE = GrowingUpdate()
+
+
+def init_growing_params(key: jax.Array) -> dict:
+    """Fresh Growing CA parameters (8,336 scalars, last kernel zero)."""
+    return init_params(UPDATE, key, 3 * CHANNELS)
+
+
+def seed_state(h: int, w: int, channels: int = CHANNELS) -> jax.Array:
+    """(H, W, C) zeros with one centre cell whose channels 3.. are 1."""
+    x = jnp.zeros((h, w, channels), jnp.float32)
+    return x.at[h // 2, w // 2, 3:].set(1.0)
+
+
+def check_state(x: jax.Array, channels: int = CHANNELS) -> None:
+    """Raise ValueError unless ``x`` is a finite (..., H, W, channels) grid."""
+    if x.ndim < 3 or x.shape[-1] != channels:
+        raise ValueError(f"expected a state of shape (..., H, W, {channels}), got {x.shape}")
+    if x.shape[-3] < 3 or x.shape[-2] < 3:
+        raise ValueError(f"grid must be at least 3x3, got {x.shape[-3]}x{x.shape[-2]}")
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("state holds NaN or infinite values")
+
+
+def growing_step(
+    params: dict, x: jax.Array, key: jax.Array, fire_rate: float = FIRE_RATE
+) -> jax.Array:
+    """One CA step: perceive, update the cells that fire, keep cells alive before and after."""
+    pre_alive = alive_mask(x)
+    dx = UPDATE.apply({"params": params}, sobel_perceive(x))
+    x = x + dx * fire_mask(key, x.shape[:-1], fire_rate)
+    return x * (pre_alive & alive_mask(x))
+
+
+def _scan_rollout(step_fn, x0, key, steps: int, trajectory: bool, remat: bool):
+    """Scan ``step_fn(x, key_i)`` for ``steps`` steps; step i draws ``fold_in(key, i)``.
+
+    Folding the step index in (rather than splitting into ``steps`` keys) makes the first
+    N steps of a longer rollout identical to an N-step rollout.
+    """
+
+    def body(x, i):
+        x = step_fn(x, jax.random.fold_in(key, i))
+        return x, (x if trajectory else None)
+
+    if remat:
+        body = jax.checkpoint(body)
+    return jax.lax.scan(body, x0, jnp.arange(steps))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "trajectory", "fire_rate"))
+def _rollout(params, x0, key, steps, trajectory, fire_rate):
+    xT, traj = _scan_rollout(
+        lambda x, k: growing_step(params, x, k, fire_rate), x0, key, steps, trajectory, False
+    )
+    return traj if trajectory else xT
+
+
+def rollout(
+    params: dict,
+    x0: jax.Array,
+    key: jax.Array,
+    steps: int,
+    trajectory: bool = False,
+    fire_rate: float = FIRE_RATE,
+) -> jax.Array:
+    """Run ``steps`` steps from ``x0`` (..., H, W, 16), jitted.
+
+    Returns the final state, or with ``trajectory=True`` the (steps, ..., H, W, 16) states
+    after each step. Raises ValueError on a badly shaped or non-finite ``x0``.
+    """
+    check_state(x0)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    return _rollout(params, x0, key, steps, trajectory, fire_rate)
+
+
+def damage(x: jax.Array, key: jax.Array) -> jax.Array:
+    """Erase one random circle (see :func:`circle_damage_masks`) from each state of a batch."""
+    check_state(x)
+    batch = x.reshape(-1, *x.shape[-3:])
+    masks = circle_damage_masks(key, batch.shape[0], *batch.shape[1:3])
+    return (batch * masks).reshape(x.shape)
+
+
+def variable_rollout(
+    params: dict,
+    x0: jax.Array,
+    key: jax.Array,
+    n_steps: jax.Array,
+    max_steps: int,
+    fire_rate: float = FIRE_RATE,
+    remat: bool = True,
+) -> jax.Array:
+    """Run a traced number ``n_steps <= max_steps`` of steps with one compiled scan.
+
+    Steps past ``n_steps`` are skipped by ``lax.cond`` (only the taken branch runs on
+    CPU/GPU), so one compilation serves every step count at the cost of the steps taken.
+    """
+
+    def body(x, i):
+        k = jax.random.fold_in(key, i)
+        x = jax.lax.cond(
+            i < n_steps, lambda x: growing_step(params, x, k, fire_rate), lambda x: x, x
+        )
+        return x, None
+
+    if remat:
+        body = jax.checkpoint(body)
+    xT, _ = jax.lax.scan(body, x0, jnp.arange(max_steps))
+    return xT
+
+
+def growing_loss(x: jax.Array, target: jax.Array) -> jax.Array:
+    """Per-sample loss (...,): mean over H, W, RGBA of the squared error to ``target``."""
+    return jnp.mean(jnp.square(x[..., :4] - target), axis=(-3, -2, -1))
+
+
+class GrowingTrainConfig(NamedTuple):
+    """Hyper-parameters of Growing CA training (the original's defaults)."""
+
+    pool_size: int = 1024
+    batch_size: int = 8
+    min_steps: int = 64
+    max_steps: int = 95  # inclusive: each iteration runs randint(64, 96) steps
+    damage_n: int = 3
+    lr: float = 2e-3
+    lr_decay_at: int = 2000
+    lr_decay: float = 0.1
+    fire_rate: float = FIRE_RATE
+
+
+def prepare_batch(
+    x: jax.Array, target: jax.Array, seed: jax.Array, key: jax.Array, damage_n: int
+) -> jax.Array:
+    """The pool's batch discipline: sort by loss (highest first), slot 0 := seed,
+    the ``damage_n`` lowest-loss samples get a circular hole."""
+    chex.assert_rank(x, 4)
+    x = jnp.asarray(x)
+    order = jnp.argsort(-growing_loss(x, target))
+    x = x[order].at[0].set(seed)
+    if damage_n > 0:
+        h, w = x.shape[1:3]
+        masks = circle_damage_masks(key, damage_n, h, w)
+        x = x.at[-damage_n:].multiply(masks)
+    return x
+
+
+def make_growing_train_step(optimizer: optax.GradientTransformation, config: GrowingTrainConfig):
+    """A jitted ``(params, opt_state, x0, target, key, n_steps) -> (params, opt_state, x, loss)``.
+
+    The loss is the batch mean of :func:`growing_loss` after ``n_steps`` steps; the body
+    of the rollout is rematerialised (``jax.checkpoint``) so memory stays flat in steps.
+    """
+
+    def loss_fn(params, x0, target, key, n_steps):
+        x = variable_rollout(params, x0, key, n_steps, config.max_steps, config.fire_rate)
+        return jnp.mean(growing_loss(x, target)), x
+
+    @jax.jit
+    def train_step(params, opt_state, x0, target, key, n_steps):
+        (loss, x), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, x0, target, key, n_steps
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, x, loss
+
+    return train_step

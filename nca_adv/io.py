@@ -1,0 +1,197 @@
+"""Model weights in and out: the shipped ``.npz`` format, project checkpoints, and the
+authors' TF.js graph-model JSON.
+
+Weights file format (``.npz``, float32): the key ``kind`` (``growing`` or ``mnist``) and
+
+- growing: ``w1`` (48, 128), ``b1`` (128,), ``w2`` (128, 16), ``b2`` (16,)
+- mnist:   ``conv3x3_w`` (3, 3, 20, 80), ``conv3x3_b`` (80,), ``dense1_w`` (80, 80),
+  ``dense1_b`` (80,), ``dense2_w`` (80, 19), ``dense2_b`` (19,)
+
+which is also the layout of ``../shared/reference/npz`` (1x1 conv kernels are accepted
+with their leading 1, 1). Perception feature order is the original's (``c*3 + m``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import jax
+import numpy as np
+
+KINDS = ("growing", "mnist")
+
+# flat file key -> (flax module name, param name, expected shape)
+_LAYOUT = {
+    "growing": {
+        "w1": ("dense1", "kernel", (48, 128)),
+        "b1": ("dense1", "bias", (128,)),
+        "w2": ("dense2", "kernel", (128, 16)),
+        "b2": ("dense2", "bias", (16,)),
+    },
+    "mnist": {
+        "conv3x3_w": (None, "perceive_kernel", (3, 3, 20, 80)),
+        "conv3x3_b": (None, "perceive_bias", (80,)),
+        "dense1_w": ("dense1", "kernel", (80, 80)),
+        "dense1_b": ("dense1", "bias", (80,)),
+        "dense2_w": ("dense2", "kernel", (80, 19)),
+        "dense2_b": ("dense2", "bias", (19,)),
+    },
+}
+
+
+class ModelFormatError(ValueError):
+    """A weights file that is not what it claims to be."""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+
+
+def params_from_arrays(arrays: dict[str, np.ndarray], kind: str, source: str = "arrays") -> dict:
+    """Flat arrays (file layout above) -> flax params, with shape checks."""
+    _check_kind(kind)
+    params: dict = {}
+    for key, (module, name, shape) in _LAYOUT[kind].items():
+        if key not in arrays:
+            raise ModelFormatError(f"{source}: missing {key!r} for a {kind} model (has {sorted(arrays)})")
+        a = np.asarray(arrays[key], np.float32)
+        if a.ndim == len(shape) + 2 and a.shape[:2] == (1, 1):
+            a = a[0, 0]  # a 1x1 conv kernel is a dense kernel
+        if a.shape != shape:
+            raise ModelFormatError(f"{source}: {key!r} has shape {a.shape}, expected {shape}")
+        if not np.all(np.isfinite(a)):
+            raise ModelFormatError(f"{source}: {key!r} holds non-finite values")
+        (params.setdefault(module, {}) if module else params)[name] = a
+    return params
+
+
+def arrays_from_params(params: dict, kind: str) -> dict[str, np.ndarray]:
+    """Flax params -> flat arrays in the file layout."""
+    _check_kind(kind)
+    out = {}
+    for key, (module, name, _) in _LAYOUT[kind].items():
+        out[key] = np.asarray((params[module] if module else params)[name], np.float32)
+    return out
+
+
+def save_params(path: str | os.PathLike, params: dict, kind: str) -> None:
+    """Write params as a ``.npz`` weights file (atomic: temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, kind=np.array(kind), **arrays_from_params(params, kind))
+    os.replace(tmp, path)
+
+
+def load_npz(path: str | os.PathLike, kind: str) -> dict:
+    """A ``.npz`` weights file -> flax params of ``kind``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise ModelFormatError(f"{path} is not a readable .npz weights file: {e}") from e
+    file_kind = str(arrays.pop("kind", kind))
+    if file_kind != kind:
+        raise ModelFormatError(f"{path} holds a {file_kind} model, expected {kind}")
+    return params_from_arrays(arrays, kind, str(path))
+
+
+# ----------------------------------------------------------------------------- TF.js
+_TRAINABLE = re.compile(r"(ReadVariableOp/resource|StatefulPartitionedCall/args_\d+)$")
+
+
+def _tfjs_weights(path: Path) -> list[np.ndarray]:
+    """The trainable float32 ``Const`` tensors of a TF.js graph model, in graph order."""
+    try:
+        graph = json.loads(path.read_text())
+        nodes = graph["modelTopology"]["node"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path} is not JSON: {e}") from e
+    except (KeyError, TypeError) as e:
+        raise ModelFormatError(f"{path} is not a TF.js graph model (no modelTopology.node)") from e
+    weights = []
+    for node in nodes:
+        if node.get("op") != "Const" or not _TRAINABLE.search(node.get("name", "")):
+            continue
+        tensor = node.get("attr", {}).get("value", {}).get("tensor", {})
+        if tensor.get("dtype") != "DT_FLOAT" or "tensorContent" not in tensor:
+            continue
+        shape = tuple(int(d["size"]) for d in tensor.get("tensorShape", {}).get("dim", []))
+        raw = base64.b64decode(tensor["tensorContent"])
+        a = np.frombuffer(raw, "<f4")
+        if a.size != int(np.prod(shape)):
+            raise ModelFormatError(f"{path}: {node['name']} has {a.size} values for shape {shape}")
+        weights.append(a.reshape(shape).copy())
+    return weights
+
+
+def load_tfjs(path: str | os.PathLike, kind: str) -> dict:
+    """The authors' TF.js graph-model JSON -> flax params of ``kind``."""
+    _check_kind(kind)
+    path = Path(path)
+    weights = _tfjs_weights(path)
+    keys = list(_LAYOUT[kind])
+    if len(weights) != len(keys):
+        shapes = [w.shape for w in weights]
+        raise ModelFormatError(
+            f"{path}: found {len(weights)} trainable tensors {shapes}, a {kind} model has {len(keys)}"
+        )
+    return params_from_arrays(dict(zip(keys, weights)), kind, str(path))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
+    """Params from a training workdir, its ``checkpoints`` folder, or one step folder."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True) if path.is_dir() else []
+    if steps:
+        path = path / str(steps[0])
+    item = path / "default"
+    if not item.is_dir():
+        raise ModelFormatError(f"{path} is not a project checkpoint (no {item.name}/ inside)")
+    try:
+        state = ocp.StandardCheckpointer().restore(item)
+    except Exception as e:
+        raise ModelFormatError(f"checkpoint {path} cannot be read (corrupt?): {e}") from e
+    if not isinstance(state, dict) or "params" not in state:
+        raise ModelFormatError(f"checkpoint {path} holds no 'params'")
+    params = jax.tree.map(np.asarray, state["params"])
+    return params_from_arrays(arrays_from_params(params, kind), kind, str(path))
+
+
+# ----------------------------------------------------------------------------- resolution
+def shipped_models() -> dict[str, Path]:
+    """Shipped model name -> weights file in ``nca_adv/assets/models``."""
+    folder = Path(str(resources.files("nca_adv") / "assets" / "models"))
+    return {p.stem: p for p in sorted(folder.glob("*.npz"))}
+
+
+def load_model(spec: str, kind: str) -> dict:
+    """A shipped name (``lizard``, ``mnist``), a ``.npz``, a TF.js ``.json``, or a
+    project checkpoint/workdir -> flax params of ``kind``."""
+    _check_kind(kind)
+    shipped = shipped_models()
+    if spec in shipped:
+        return load_npz(shipped[spec], kind)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model {spec!r} is neither a shipped model {sorted(shipped)} nor an existing path"
+        )
+    if path.suffix == ".npz":
+        return load_npz(path, kind)
+    if path.suffix == ".json":
+        return load_tfjs(path, kind)
+    if path.is_dir():
+        return load_checkpoint_params(path, kind)
+    raise ModelFormatError(f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)")

@@ -1,0 +1,373 @@
+"""The Self-classifying MNIST CA (Randazzo et al., Distill 2020): step, rollout, labels,
+loss, the mutating pool, training and evaluation metrics.
+
+State (..., 28, 28, 20) float32: channel 0 the grey value (immutable input), 1..9
+hidden, 10..19 the class scores of digits 0..9. Alive cells (grey > 0.1) are fixed by
+the image; dead cells are never updated and stay 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nca_adv.masks import fire_mask
+from nca_adv.perceive import im2col3x3
+from nca_adv.update import MnistUpdate, init_params
+
+CHANNELS = 20
+NUM_CLASSES = 10
+FIRE_RATE = 0.5
+NOISE_STD = 0.02
+ALIVE_THRESHOLD = 0.1  # alive: grey > 0.1
+LABEL_THRESHOLD = 0.1  # labelled: grey >= 0.1
+UPDATE = MnistUpdate()
+
+
+def init_mnist_params(key: jax.Array) -> dict:
+    """Fresh MNIST CA parameters (last kernel zero)."""
+    return init_params(UPDATE, key, 9 * CHANNELS)
+
+
+def check_images(images: np.ndarray) -> None:
+    """Raise ValueError unless ``images`` is a finite (B, H, W) grey batch in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim != 3 or min(images.shape[1:]) < 3:
+        raise ValueError(f"expected grey images (B, H, W), got shape {images.shape}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images hold NaN or infinite values")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"grey values must lie in [0, 1], got [{images.min()}, {images.max()}]")
+
+
+def check_states(x: np.ndarray) -> None:
+    """Raise ValueError unless ``x`` is a finite (B, H, W, 20) MNIST CA state."""
+    if x.ndim != 4 or x.shape[-1] != CHANNELS:
+        raise ValueError(f"expected MNIST CA states (B, H, W, {CHANNELS}), got {x.shape}")
+    if not bool(np.all(np.isfinite(np.asarray(x)))):
+        raise ValueError("state holds NaN or infinite values")
+
+
+def seed_states(images: jax.Array) -> jax.Array:
+    """Grey images (..., H, W) in [0, 1] -> states (..., H, W, 20) with only channel 0 set."""
+    x = jnp.zeros((*images.shape, CHANNELS), jnp.float32)
+    return x.at[..., 0].set(images)
+
+
+def alive(x: jax.Array) -> jax.Array:
+    """(..., H, W, 1) bool: the cells on the digit (grey > 0.1)."""
+    return x[..., :1] > ALIVE_THRESHOLD
+
+
+def label_maps(images: jax.Array, labels: jax.Array) -> jax.Array:
+    """(..., H, W, 10) targets: one-hot of ``labels`` where grey >= 0.1, zero elsewhere."""
+    on = (images >= LABEL_THRESHOLD)[..., None]
+    return jax.nn.one_hot(labels, NUM_CLASSES)[..., None, None, :] * on
+
+
+def mnist_step(
+    params: dict,
+    x: jax.Array,
+    key: jax.Array,
+    fire_rate: float = FIRE_RATE,
+    noise_std: float = NOISE_STD,
+) -> jax.Array:
+    """One step: learned 3x3 perception + MLP, N(0, noise_std) residual noise, applied to
+    channels 1..19 only where the cell fires AND is alive. No clipping."""
+    k_fire, k_noise = jax.random.split(key)
+    dx = UPDATE.apply({"params": params}, im2col3x3(x))
+    if noise_std:
+        dx = dx + noise_std * jax.random.normal(k_noise, dx.shape)
+    mask = fire_mask(k_fire, x.shape[:-1], fire_rate) & alive(x)
+    return x.at[..., 1:].add(dx * mask)
+
+
+class CellIndex(NamedTuple):
+    """The alive cells of a batch of digits, padded to K per digit.
+
+    ``cells`` (B, K) flat indices into the H*W grid (alive cells first), ``neighbours``
+    (B, K, 9) flat indices of their 3x3 neighbourhoods in the zero-padded (H+2)*(W+2) grid,
+    ``valid`` (B, K, 1) which of the K entries are real alive cells.
+    """
+
+    cells: jax.Array
+    neighbours: jax.Array
+    valid: jax.Array
+
+
+def cell_index(images: jax.Array, k: int) -> CellIndex:
+    """Index the alive cells (grey > 0.1) of (B, H, W) images, K slots per digit."""
+    b, h, w = images.shape
+    live = (images > ALIVE_THRESHOLD).reshape(b, h * w)
+    cells = jnp.argsort(~live, axis=-1, stable=True)[:, :k]
+    valid = jnp.take_along_axis(live, cells, axis=-1)[..., None]
+    r, c = cells // w, cells % w
+    neighbours = jnp.stack(
+        [(r + dy) * (w + 2) + (c + dx) for dy in range(3) for dx in range(3)], axis=-1
+    )
+    return CellIndex(cells, neighbours, valid)
+
+
+def cells_needed(*images: np.ndarray, multiple: int = 32) -> int:
+    """K for :func:`cell_index`: the most alive cells of any digit, rounded up to
+    ``multiple`` so that few distinct K (compilations) occur."""
+    most = max(int((np.asarray(im) > ALIVE_THRESHOLD).sum(axis=(-2, -1)).max()) for im in images)
+    return max(multiple, -(-most // multiple) * multiple)
+
+
+def mnist_step_cells(
+    params: dict,
+    x: jax.Array,
+    index: CellIndex,
+    key: jax.Array,
+    fire_rate: float = FIRE_RATE,
+    noise_std: float = NOISE_STD,
+) -> jax.Array:
+    """:func:`mnist_step` computed on the alive cells only (same maths, other random draws).
+
+    Dead cells never change, so their update need not be computed: gathering the K alive
+    cells' patches cuts the work by H*W/K (about 4x on MNIST).
+    """
+    b, h, w, c = x.shape
+    k = index.cells.shape[1]
+    k_fire, k_noise = jax.random.split(key)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, -1, c)
+    flat_nb = index.neighbours.reshape(b, k * 9, 1)
+    patches = jnp.take_along_axis(padded, flat_nb, axis=1).reshape(b, k, 9 * c)
+    dx = UPDATE.apply({"params": params}, patches)
+    if noise_std:
+        dx = dx + noise_std * jax.random.normal(k_noise, dx.shape)
+    fire = jax.random.uniform(k_fire, (b, k, 1)) <= fire_rate
+    dx = dx * (fire & index.valid)
+    delta = jnp.zeros((b, h * w, c - 1), x.dtype).at[jnp.arange(b)[:, None], index.cells].add(dx)
+    return x.at[..., 1:].add(delta.reshape(b, h, w, c - 1))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "k", "trajectory", "fire_rate", "noise_std"))
+def _rollout(params, x0, key, steps, k, trajectory, fire_rate, noise_std):
+    index = cell_index(x0[..., 0], k)
+
+    def body(x, i):
+        x = mnist_step_cells(params, x, index, jax.random.fold_in(key, i), fire_rate, noise_std)
+        return x, (x if trajectory else None)
+
+    xT, traj = jax.lax.scan(body, x0, jnp.arange(steps))
+    return traj if trajectory else xT
+
+
+def rollout(
+    params: dict,
+    x0: jax.Array,
+    key: jax.Array,
+    steps: int,
+    trajectory: bool = False,
+    fire_rate: float = FIRE_RATE,
+    noise_std: float = NOISE_STD,
+) -> jax.Array:
+    """Run ``steps`` steps from states ``x0`` (B, 28, 28, 20), jitted, on alive cells only;
+    step i draws ``fold_in(key, i)``. Returns the final state, or with ``trajectory=True``
+    all (steps, B, ...) states."""
+    check_states(x0)
+    k = cells_needed(np.asarray(x0[..., 0]))
+    return _rollout(params, x0, key, steps, k, trajectory, fire_rate, noise_std)
+
+
+def votes(x: jax.Array) -> jax.Array:
+    """(..., H, W) int: each cell's class, the argmax of channels 10..19."""
+    return jnp.argmax(x[..., CHANNELS - NUM_CLASSES :], axis=-1)
+
+
+def l2_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-sample loss (...,): sum over H, W, classes of (y - scores)^2 / 2."""
+    return jnp.sum(jnp.square(y - x[..., CHANNELS - NUM_CLASSES :]), axis=(-3, -2, -1)) / 2
+
+
+class DigitStats(NamedTuple):
+    """Per-digit counts at one step: alive cells, correctly voting alive cells."""
+
+    alive: jax.Array
+    correct: jax.Array
+
+
+def digit_stats(x: jax.Array, labels: jax.Array) -> DigitStats:
+    """Counts per digit (...,) of alive cells and of alive cells voting ``labels``."""
+    live = alive(x)[..., 0]
+    right = (votes(x) == labels[..., None, None]) & live
+    return DigitStats(live.sum(axis=(-2, -1)), right.sum(axis=(-2, -1)))
+
+
+def mutate(x: jax.Array, new_images: jax.Array) -> jax.Array:
+    """Swap the digit under running cells: grey := ``new_images``; hidden and class state
+    kept only where the new digit is alive (elsewhere 0, so dead cells stay 0)."""
+    new_alive = (new_images > ALIVE_THRESHOLD)[..., None]
+    return jnp.concatenate([new_images[..., None], x[..., 1:] * new_alive], axis=-1)
+
+
+class MnistTrainConfig(NamedTuple):
+    """Hyper-parameters of MNIST CA training (the original's defaults)."""
+
+    pool_size: int = 160
+    batch_size: int = 16
+    steps: int = 20
+    new_n: int = 4  # first samples replaced by fresh digits
+    mutate_n: int = 4  # last samples whose digit is swapped
+    lr: float = 1e-3
+    lr_decays_at: tuple[int, ...] = (30_000, 70_000)
+    fire_rate: float = FIRE_RATE
+    noise_std: float = NOISE_STD
+
+
+def refresh_batch(
+    x: jax.Array,
+    labels: jax.Array,
+    fresh_images: jax.Array,
+    fresh_labels: jax.Array,
+    new_n: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The pool discipline: the first ``new_n`` samples become fresh seeds, the last
+    ``len(fresh) - new_n`` have their digit mutated (:func:`mutate`)."""
+    mutate_n = fresh_images.shape[0] - new_n
+    x = x.at[:new_n].set(seed_states(fresh_images[:new_n]))
+    labels = labels.at[:new_n].set(fresh_labels[:new_n])
+    if mutate_n:
+        x = x.at[-mutate_n:].set(mutate(x[-mutate_n:], fresh_images[new_n:]))
+        labels = labels.at[-mutate_n:].set(fresh_labels[new_n:])
+    return x, labels
+
+
+def make_mnist_train_step(optimizer: optax.GradientTransformation, config: MnistTrainConfig):
+    """A jitted ``(params, opt_state, x0, labels, key, k) -> (params, opt_state, x, loss)``:
+    ``config.steps`` alive-cell steps (``k`` static: :func:`cells_needed`), batch mean of
+    :func:`l2_loss`, the scan body rematerialised."""
+
+    def loss_fn(params, x0, labels, key, k):
+        index = cell_index(x0[..., 0], k)
+
+        def body(x, i):
+            k_i = jax.random.fold_in(key, i)
+            return mnist_step_cells(params, x, index, k_i, config.fire_rate, config.noise_std), None
+
+        x, _ = jax.lax.scan(jax.checkpoint(body), x0, jnp.arange(config.steps))
+        y = label_maps(x0[..., 0], labels)
+        return jnp.mean(l2_loss(x, y)), x
+
+    @functools.partial(jax.jit, static_argnames="k")
+    def train_step(params, opt_state, x0, labels, key, k):
+        (loss, x), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x0, labels, key, k)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, x, loss
+
+    return train_step
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "k", "switch_at", "trajectory", "noise_std"))
+def swap_rollout(
+    params: dict,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    steps: int,
+    k: int,
+    switch_at: int | None = None,
+    new_images: jax.Array | None = None,
+    new_labels: jax.Array | None = None,
+    trajectory: bool = False,
+    noise_std: float = NOISE_STD,
+):
+    """Roll out fresh seeds of ``images`` (B, H, W) for ``steps`` steps, recording per-step,
+    per-digit :class:`DigitStats` (steps, B).
+
+    With ``switch_at``, every digit is mutated into ``new_images`` / ``new_labels`` after
+    step ``switch_at`` (the article's protocol: 200 steps, swap, 200 more). With
+    ``trajectory`` also returns the (steps, B, H, W, 20) states and (steps, B) labels.
+    ``k`` (static) must cover the alive cells of both image sets (:func:`cells_needed`).
+    """
+    x0 = seed_states(images)
+    index = cell_index(images, k)
+    new_index = index if switch_at is None else cell_index(new_images, k)
+
+    def body(carry, i):
+        x, lab, idx = carry
+        if switch_at is not None:
+            swap = i == switch_at
+            x = jnp.where(swap, mutate(x, new_images), x)
+            lab = jnp.where(swap, new_labels, lab)
+            idx = jax.tree.map(lambda a, b: jnp.where(swap, b, a), idx, new_index)
+        x = mnist_step_cells(params, x, idx, jax.random.fold_in(key, i), FIRE_RATE, noise_std)
+        return (x, lab, idx), (digit_stats(x, lab), (x, lab) if trajectory else None)
+
+    _, (stats, traj) = jax.lax.scan(body, (x0, labels, index), jnp.arange(steps))
+    return (stats, traj) if trajectory else stats
+
+
+def accuracy_curves(stats: DigitStats) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, N) counts -> per-step cell accuracy (correct alive cells / alive cells, over
+    all digits) and total agreement (share of digits whose alive cells all vote right)."""
+    alive_n = np.asarray(stats.alive, np.float64)
+    correct = np.asarray(stats.correct, np.float64)
+    return correct.sum(1) / alive_n.sum(1), (correct == alive_n).mean(1)
+
+
+class Evaluator:
+    """Batched :func:`swap_rollout` over many digits with one compilation (the last batch
+    is padded), timing digits per second after the first (compiling) batch."""
+
+    def __init__(self, params: dict, batch_size: int = 500):
+        self.params, self.batch_size = params, batch_size
+        self.digits_per_s: float | None = None
+
+    def run(self, images, labels, key, steps, switch_at=None, new_images=None, new_labels=None):
+        """Per-step, per-digit :class:`DigitStats` as numpy (steps, N), in input order.
+
+        Digits are batched in order of alive-cell count so that each batch's K (and so
+        its work) is close to its own digits' size.
+        """
+        images = np.asarray(images, np.float32)
+        labels = np.asarray(labels, np.int32)
+        check_images(images)
+        if switch_at is None:
+            new_images, new_labels = images, labels  # unused, keeps one signature
+        size = (images > ALIVE_THRESHOLD).sum((1, 2)) + (new_images > ALIVE_THRESHOLD).sum((1, 2))
+        order = np.argsort(size, kind="stable")
+        n, b = len(images), self.batch_size
+        out, timed_digits, t_start = [], 0, None
+        for j, lo in enumerate(range(0, n, b)):
+            sel = order[lo : lo + b]
+            batch = [_pad_to(a[sel], b) for a in (images, labels, new_images, new_labels)]
+            k = cells_needed(batch[0], batch[2])
+            stats = swap_rollout(self.params, batch[0], batch[1], jax.random.fold_in(key, j),
+                                 steps, k, switch_at, batch[2], batch[3])
+            out.append(jax.tree.map(lambda a, m=len(sel): np.asarray(a)[:, :m], stats))
+            if t_start is None:
+                t_start = time.perf_counter()
+            else:
+                timed_digits += len(sel)
+        if timed_digits:
+            self.digits_per_s = timed_digits / (time.perf_counter() - t_start)
+        inverse = np.argsort(order)
+        return DigitStats(*(np.concatenate(parts, axis=1)[:, inverse] for parts in zip(*out)))
+
+
+def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
+    """Pad the leading axis to ``n`` by repeating the first row (dropped afterwards)."""
+    if len(a) == n:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], n - len(a), axis=0)])
+
+
+def trajectory_with_swap(params, images, labels, key, steps, switch_at, new_images, new_labels):
+    """States (steps, B, H, W, 20) and labels (steps, B) of a rollout, for pictures."""
+    if switch_at is None:
+        new_images, new_labels = images, labels
+    k = cells_needed(images, new_images)
+    _, (states, labs) = swap_rollout(
+        params, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32), key, steps,
+        k, switch_at, jnp.asarray(new_images, jnp.float32), jnp.asarray(new_labels, jnp.int32),
+        trajectory=True)
+    return states, labs

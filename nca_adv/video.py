@@ -1,0 +1,91 @@
+"""Pictures of states: RGBA -> RGB, zoom, image grids, MNIST vote colouring, videos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v2
+import numpy as np
+from PIL import Image
+
+# One colour per MNIST class (0..9), from the article's palette family (tab10).
+CLASS_COLOURS = np.array(
+    [
+        [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+        [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+    ],
+    np.uint8,
+)
+WRONG_BACKGROUND = np.array([255, 200, 200], np.uint8)
+RIGHT_BACKGROUND = np.array([255, 255, 255], np.uint8)
+
+
+def rgba_to_rgb(x: np.ndarray) -> np.ndarray:
+    """Premultiplied RGBA (first 4 channels of a state) over white -> float RGB in [0, 1]."""
+    x = np.asarray(x, np.float32)
+    alpha = np.clip(x[..., 3:4], 0.0, 1.0)
+    return np.clip(1.0 - alpha + x[..., :3], 0.0, 1.0)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(np.asarray(img, np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def zoom(img: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of (..., H, W, C) by an integer factor."""
+    return np.repeat(np.repeat(img, factor, axis=-3), factor, axis=-2)
+
+
+def image_grid(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """(N, H, W, C) uint8 -> one (rows*H', cols*W', C) image, row-major, padded."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), fill, images.dtype)
+    for i, img in enumerate(images):
+        r, q = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        out[y : y + h, x : x + w] = img
+    return out
+
+
+def mnist_frame(x: np.ndarray, label: int) -> np.ndarray:
+    """Vote-coloured digit on white, or on light red when the alive cells' majority vote
+    differs from ``label``."""
+    grey = np.asarray(x[..., 0])
+    live = grey > 0.1
+    vote = np.argmax(np.asarray(x[..., 10:20]), axis=-1)
+    counts = np.bincount(vote[live], minlength=10) if live.any() else np.zeros(10, int)
+    background = RIGHT_BACKGROUND if counts.argmax() == label else WRONG_BACKGROUND
+    img = np.where(live[..., None], CLASS_COLOURS[vote], background)
+    return img.astype(np.uint8)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> Path:
+    """Write (T, H, W, 3) uint8 frames as .mp4 (H.264 via imageio-ffmpeg) or .gif."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".mp4":
+        # H.264 wants even sides; pad with white rather than rescale.
+        h, w = frames.shape[1:3]
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+        imageio.v2.mimwrite(path, list(frames), fps=fps, codec="libx264", macro_block_size=1)
+    elif suffix == ".gif":
+        imgs = [Image.fromarray(f) for f in frames]
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    else:
+        raise ValueError(f"unknown video format {suffix!r} for {path}; use .mp4 or .gif")
+    return path
+
+
+def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write an (H, W, 3|4) uint8 image as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(img)).save(path)
+    return path

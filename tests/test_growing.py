@@ -1,0 +1,134 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca_adv import growing, masks, training, update
+
+
+@pytest.fixture(scope="module")
+def params():
+    # Random (non-zero) last layer so that the CA actually changes the state.
+    p = growing.init_growing_params(jax.random.PRNGKey(0))
+    k = jax.random.PRNGKey(1)
+    p["dense2"]["kernel"] = 0.05 * jax.random.normal(k, p["dense2"]["kernel"].shape)
+    return p
+
+
+def test_parameter_count_and_zero_init():
+    p = growing.init_growing_params(jax.random.PRNGKey(0))
+    assert update.count_params(p) == 8336
+    assert not np.any(np.asarray(p["dense2"]["kernel"]))
+    assert p["dense1"]["kernel"].shape == (48, 128)
+
+
+def test_seed_state():
+    x = np.asarray(growing.seed_state(9, 8))
+    assert x.shape == (9, 8, 16)
+    np.testing.assert_array_equal(x[4, 4, :3], 0)
+    np.testing.assert_array_equal(x[4, 4, 3:], 1)
+    assert x.sum() == 13
+
+
+def test_same_key_bit_identical_states(params):
+    x0 = growing.seed_state(16, 16)
+    a = growing.rollout(params, x0, jax.random.PRNGKey(5), 20)
+    b = growing.rollout(params, x0, jax.random.PRNGKey(5), 20)
+    c = growing.rollout(params, x0, jax.random.PRNGKey(6), 20)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_rollout_prefix_and_trajectory(params):
+    x0 = growing.seed_state(16, 16)
+    key = jax.random.PRNGKey(2)
+    traj = growing.rollout(params, x0, key, 12, trajectory=True)
+    assert traj.shape == (12, 16, 16, 16)
+    np.testing.assert_array_equal(traj[7], growing.rollout(params, x0, key, 8))
+
+
+def test_step_rule_by_hand(params):
+    # fire_rate=1: x_new = (x + dx) * (alive(x) & alive(x + dx)), with no rescaling.
+    x = growing.rollout(params, growing.seed_state(12, 12), jax.random.PRNGKey(0), 10)
+    key = jax.random.PRNGKey(9)
+    dx = growing.UPDATE.apply({"params": params}, growing.sobel_perceive(x))
+    expected = (x + dx) * (masks.alive_mask(x) & masks.alive_mask(x + dx))
+    np.testing.assert_allclose(growing.growing_step(params, x, key, 1.0), expected, atol=1e-6)
+    # fire_rate=0: only the life mask acts, and it keeps an alive state unchanged.
+    np.testing.assert_array_equal(growing.growing_step(params, x, key, 0.0), x * masks.alive_mask(x))
+
+
+def test_dead_cells_stay_dead(params):
+    x = growing.rollout(params, growing.seed_state(24, 24), jax.random.PRNGKey(0), 5)
+    far = ~np.asarray(masks.alive_mask(x))[..., 0]
+    assert far.any()
+    x1 = np.asarray(growing.growing_step(params, x, jax.random.PRNGKey(1)))
+    # Cells dead before the step were multiplied by 0.
+    np.testing.assert_array_equal(x1[far], 0.0)
+
+
+def test_batched_rollout_matches_single_shapes(params):
+    x0 = jnp.broadcast_to(growing.seed_state(10, 10), (3, 10, 10, 16))
+    out = growing.rollout(params, x0, jax.random.PRNGKey(0), 4)
+    assert out.shape == (3, 10, 10, 16)
+
+
+def test_variable_rollout_equals_fixed(params):
+    x0 = jnp.broadcast_to(growing.seed_state(12, 12), (2, 12, 12, 16))
+    key = jax.random.PRNGKey(4)
+    fixed = growing.rollout(params, x0, key, 7)
+    var = jax.jit(growing.variable_rollout, static_argnames="max_steps")(
+        params, x0, key, jnp.int32(7), max_steps=11
+    )
+    np.testing.assert_allclose(var, fixed, atol=1e-6)
+
+
+def test_loss_definition():
+    t = np.zeros((4, 4, 4), np.float32)
+    x = np.zeros((2, 4, 4, 16), np.float32)
+    x[0, ..., :4] = 0.5
+    x[1, ..., 4:] = 9.0  # hidden channels do not count
+    np.testing.assert_allclose(growing.growing_loss(x, t), [0.25, 0.0])
+
+
+def test_prepare_batch_sorts_seeds_and_damages():
+    target = np.zeros((20, 20, 4), np.float32)
+    x = np.zeros((4, 20, 20, 16), np.float32)
+    for i in range(4):
+        x[i, ..., :4] = 0.1 * (i + 1)  # loss grows with i
+    x[..., 4:] = 1.0
+    seed = growing.seed_state(20, 20)
+    out = np.asarray(growing.prepare_batch(x, target, seed, jax.random.PRNGKey(0), 2))
+    np.testing.assert_array_equal(out[0], seed)
+    np.testing.assert_allclose(out[1, 0, 0, 0], 0.3)  # sorted: highest loss first
+    assert (out[2:] == 0).any(axis=(1, 2, 3)).all()  # damaged holes
+    assert (out[1] != 0).all()
+
+
+def test_train_step_lowers_loss_on_tiny_target():
+    target = np.zeros((16, 16, 4), np.float32)
+    target[6:10, 6:10] = [0.8, 0.1, 0.1, 1.0]
+    config = growing.GrowingTrainConfig(min_steps=8, max_steps=12)
+    opt = training.make_optimizer(2e-3, {})
+    params = growing.init_growing_params(jax.random.PRNGKey(0))
+    state = opt.init(params)
+    step = growing.make_growing_train_step(opt, config)
+    x0 = jnp.broadcast_to(growing.seed_state(16, 16), (4, 16, 16, 16))
+    losses = []
+    for i in range(30):
+        params, state, _, loss = step(params, state, x0, target, jax.random.PRNGKey(i), jnp.int32(10))
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((8, 8, 3), np.float32), "shape"),
+        (np.zeros((8, 16), np.float32), "shape"),
+        (np.full((8, 8, 16), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_bad_states_raise(params, bad, match):
+    with pytest.raises(ValueError, match=match):
+        growing.rollout(params, bad, jax.random.PRNGKey(0), 2)

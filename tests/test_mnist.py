@@ -1,0 +1,155 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca_adv import mnist, training, update
+
+
+def _digits(n=6, size=10, seed=0):
+    """Small random 'digits': a blob of grey values > 0.1 on a black background."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((n, size, size), np.float32)
+    img[:, 2:-2, 3:-3] = rng.uniform(0.05, 1.0, (n, size - 4, size - 6))
+    return img, rng.integers(0, 10, n).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def params():
+    p = mnist.init_mnist_params(jax.random.PRNGKey(0))
+    p["dense2"]["kernel"] = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (80, 19))
+    return p
+
+
+def test_parameter_shapes():
+    p = mnist.init_mnist_params(jax.random.PRNGKey(0))
+    assert p["perceive_kernel"].shape == (3, 3, 20, 80)
+    assert not np.any(np.asarray(p["dense2"]["kernel"]))
+    assert update.count_params(p) == 3 * 3 * 20 * 80 + 80 + 80 * 80 + 80 + 80 * 19 + 19
+
+
+def test_channel0_immutable_and_dead_cells_stay_zero(params):
+    img, _ = _digits()
+    x = mnist.rollout(params, mnist.seed_states(img), jax.random.PRNGKey(0), 15)
+    np.testing.assert_array_equal(x[..., 0], img)
+    dead = img <= mnist.ALIVE_THRESHOLD
+    np.testing.assert_array_equal(np.asarray(x)[dead][:, 1:], 0.0)  # grey stays as input
+    assert np.abs(np.asarray(x)[~dead][:, 1:]).max() > 0  # alive cells did change
+
+
+def test_dense_step_rule(params):
+    img, _ = _digits()
+    x = mnist.seed_states(img)
+    key = jax.random.PRNGKey(3)
+    y = mnist.mnist_step(params, x, key, fire_rate=1.0, noise_std=0.0)
+    dx = mnist.UPDATE.apply({"params": params}, mnist.im2col3x3(x))
+    alive = (img > 0.1)[..., None]
+    np.testing.assert_allclose(y[..., 1:], x[..., 1:] + dx * alive, atol=1e-6)
+    np.testing.assert_array_equal(y[..., 0], x[..., 0])
+
+
+def test_alive_cell_step_equals_dense_step(params):
+    img, _ = _digits()
+    x = mnist.seed_states(img)
+    index = mnist.cell_index(jnp.asarray(img), mnist.cells_needed(img))
+    dense, cells = x, x
+    for i in range(5):
+        key = jax.random.PRNGKey(i)
+        dense = mnist.mnist_step(params, dense, key, 1.0, 0.0)
+        cells = mnist.mnist_step_cells(params, cells, index, key, 1.0, 0.0)
+    np.testing.assert_allclose(cells, dense, atol=1e-5)
+
+
+def test_same_key_bit_identical(params):
+    img, _ = _digits()
+    x0 = mnist.seed_states(img)
+    a = mnist.rollout(params, x0, jax.random.PRNGKey(7), 6)
+    b = mnist.rollout(params, x0, jax.random.PRNGKey(7), 6)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_noise_and_fire_rate_statistics(params):
+    img, _ = _digits(n=16, size=16)
+    x = mnist.seed_states(img)
+    index = mnist.cell_index(jnp.asarray(img), mnist.cells_needed(img))
+    zero = jax.tree.map(jnp.zeros_like, params)  # dx = 0: what changes is the noise
+    y = np.asarray(mnist.mnist_step_cells(zero, x, index, jax.random.PRNGKey(0)))
+    alive = img > 0.1
+    changed = (y[..., 1:] != 0).any(-1)[alive]
+    assert abs(changed.mean() - 0.5) < 0.05  # fire rate 0.5
+    noise = y[..., 1:][alive][changed]
+    assert abs(noise.std() - 0.02) < 0.002
+
+
+def test_labels_and_loss():
+    img = np.zeros((1, 4, 4), np.float32)
+    img[0, 1, 1], img[0, 2, 2] = 0.1, 0.05
+    y = np.asarray(mnist.label_maps(img, np.array([3])))
+    assert y[0, 1, 1, 3] == 1 and y[0, 1, 1].sum() == 1  # grey >= 0.1 is labelled
+    assert y[0, 2, 2].sum() == 0
+    x = np.zeros((1, 4, 4, 20), np.float32)
+    np.testing.assert_allclose(mnist.l2_loss(x, y), [0.5])
+
+
+def test_refresh_batch_replaces_and_mutates():
+    img, lab = _digits(n=8)
+    fresh, fresh_lab = _digits(n=4, seed=1)
+    fresh[2:, :, :5] = 0.0  # new digits with a dead left half
+    x = np.asarray(mnist.seed_states(img)).copy()
+    x[..., 1:] = 0.7  # running state everywhere (also where the old digit was dead)
+    x[img <= 0.1] = 0
+    out, out_lab = mnist.refresh_batch(jnp.asarray(x), jnp.asarray(lab), fresh, fresh_lab, new_n=2)
+    out = np.asarray(out)
+    # First 2: fresh seeds.
+    np.testing.assert_array_equal(out[:2, ..., 0], fresh[:2])
+    np.testing.assert_array_equal(out[:2, ..., 1:], 0)
+    # Last 2: grey swapped, state kept only where the new digit is alive.
+    np.testing.assert_array_equal(out[-2:, ..., 0], fresh[2:])
+    alive_new = fresh[2:] > 0.1
+    np.testing.assert_array_equal(out[-2:][~alive_new][:, 1:], 0)
+    np.testing.assert_array_equal(out[-2:][alive_new][:, 1:], x[-2:][alive_new][:, 1:])
+    # Middle untouched; labels follow the digits.
+    np.testing.assert_array_equal(out[2:6], x[2:6])
+    np.testing.assert_array_equal(np.asarray(out_lab), [*fresh_lab[:2], *lab[2:6], *fresh_lab[2:]])
+
+
+def test_train_step_lowers_loss(params):
+    img, lab = _digits(n=8)
+    config = mnist.MnistTrainConfig(steps=8)
+    opt = training.make_optimizer(1e-3, {})
+    p = mnist.init_mnist_params(jax.random.PRNGKey(0))
+    state = opt.init(p)
+    step = mnist.make_mnist_train_step(opt, config)
+    x0 = mnist.seed_states(img)
+    k = mnist.cells_needed(img)
+    losses = []
+    for i in range(25):
+        p, state, _, loss = step(p, state, x0, jnp.asarray(lab), jax.random.PRNGKey(i), k)
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.85 * losses[0], losses
+
+
+def test_evaluator_curve_and_order_independence(params):
+    img, lab = _digits(n=7)
+    ev = mnist.Evaluator(params, batch_size=3)
+    stats = ev.run(img, lab, jax.random.PRNGKey(0), 10, switch_at=5,
+                   new_images=img[::-1], new_labels=lab[::-1])
+    assert stats.alive.shape == (10, 7)
+    np.testing.assert_array_equal(stats.alive[0], (img > 0.1).sum((1, 2)))
+    np.testing.assert_array_equal(stats.alive[-1], (img[::-1] > 0.1).sum((1, 2)))
+    acc, agree = mnist.accuracy_curves(stats)
+    assert acc.shape == agree.shape == (10,)
+    assert ((0 <= acc) & (acc <= 1)).all() and ((0 <= agree) & (agree <= 1)).all()
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4)), np.full((2, 4, 4), np.nan), np.full((2, 4, 4), 2.0)])
+def test_bad_images_raise(params, bad):
+    with pytest.raises(ValueError):
+        mnist.Evaluator(params).run(bad, np.zeros(len(bad), np.int32), jax.random.PRNGKey(0), 2)
+
+
+def test_bad_states_raise(params):
+    with pytest.raises(ValueError, match="states"):
+        mnist.rollout(params, np.zeros((2, 8, 8, 16), np.float32), jax.random.PRNGKey(0), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        mnist.rollout(params, np.full((2, 8, 8, 20), np.nan, np.float32), jax.random.PRNGKey(0), 2)
