@@ -11,11 +11,15 @@ from absl import flags
 
 def define_device_flags() -> None:
     flags.DEFINE_integer(
-        "host_devices", 0,
+        "host_devices",
+        0,
         "Split the CPU into this many XLA host devices for data parallelism "
-        "(0: leave as is). Ignored when an accelerator is present.", lower_bound=0)
+        "(0: leave as is). Ignored when an accelerator is present.",
+        lower_bound=0,
+    )
     flags.DEFINE_integer(
-        "num_devices", 0, "Devices to shard the batch over (0: all visible).", lower_bound=0)
+        "num_devices", 0, "Devices to shard the batch over (0: all visible).", lower_bound=0
+    )
 
 
 def configure_devices() -> None:

@@ -17,12 +17,16 @@ from experiments.common import print_result
 from nca_adv import growing, io, masks, targets, video
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "lizard", "Shipped model name, .npz, TF.js .json or a training workdir.")
+flags.DEFINE_string(
+    "model", "lizard", "Shipped model name, .npz, TF.js .json or a training workdir."
+)
 flags.DEFINE_string("target", "lizard", "Shipped target name or path to an RGBA PNG.")
 flags.DEFINE_integer("steps", 200, "CA steps from the seed.", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "PRNG seed of the stochastic updates.")
 flags.DEFINE_integer("runs", 1, "Independent rollouts (batch); loss is their mean.", lower_bound=1)
-flags.DEFINE_integer("damage_at", None, "Cut a random circle out of the pattern after this step.", lower_bound=0)
+flags.DEFINE_integer(
+    "damage_at", None, "Cut a random circle out of the pattern after this step.", lower_bound=0
+)
 flags.DEFINE_string("video", None, "Write the rollout of the first run to this .mp4 or .gif.")
 flags.DEFINE_integer("zoom", 4, "Video upscaling factor.", lower_bound=1)
 
@@ -35,22 +39,20 @@ def main(argv):
     target = targets.load_target(FLAGS.target)
     h, w = target.shape[:2]
     x0 = np.broadcast_to(np.asarray(growing.seed_state(h, w)), (FLAGS.runs, h, w, growing.CHANNELS))
-    key = jax.random.PRNGKey(FLAGS.seed)
-    k_run, k_damage, k_rest = jax.random.split(key, 3)
     trajectory = FLAGS.video is not None
-    if FLAGS.damage_at is None:
-        xs = growing.rollout(params, x0, k_run, FLAGS.steps, trajectory)
-    else:
-        first = growing.rollout(params, x0, k_run, FLAGS.damage_at, trajectory)
-        cut = growing.damage(first[-1] if trajectory else first, k_damage)
-        rest = growing.rollout(params, cut, k_rest, FLAGS.steps - FLAGS.damage_at, trajectory)
-        xs = np.concatenate([first, cut[None], rest]) if trajectory else rest
+    xs = growing.rollout_with_damage(
+        params, x0, jax.random.PRNGKey(FLAGS.seed), FLAGS.steps, FLAGS.damage_at, trajectory
+    )
     final = xs[-1] if trajectory else xs
     loss = np.asarray(growing.growing_loss(final, target))
     alive = np.asarray(masks.alive_mask(final)).sum(axis=(1, 2, 3))
     result = {
-        "model": FLAGS.model, "target": FLAGS.target, "steps": FLAGS.steps, "seed": FLAGS.seed,
-        "loss": float(loss.mean()), "loss_per_run": loss.tolist(),
+        "model": FLAGS.model,
+        "target": FLAGS.target,
+        "steps": FLAGS.steps,
+        "seed": FLAGS.seed,
+        "loss": float(loss.mean()),
+        "loss_per_run": loss.tolist(),
         "alive_cells": int(alive[0]) if FLAGS.runs == 1 else alive.tolist(),
         "finite": bool(np.isfinite(np.asarray(final)).all()),
     }

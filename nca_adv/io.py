@@ -59,7 +59,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], kind: str, source: str = "
     params: dict = {}
     for key, (module, name, shape) in _LAYOUT[kind].items():
         if key not in arrays:
-            raise ModelFormatError(f"{source}: missing {key!r} for a {kind} model (has {sorted(arrays)})")
+            raise ModelFormatError(
+                f"{source}: missing {key!r} for a {kind} model (has {sorted(arrays)})"
+            )
         a = np.asarray(arrays[key], np.float32)
         if a.ndim == len(shape) + 2 and a.shape[:2] == (1, 1):
             a = a[0, 0]  # a 1x1 conv kernel is a dense kernel
@@ -146,21 +148,43 @@ def load_tfjs(path: str | os.PathLike, kind: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A workdir, its ``checkpoints`` folder or a step folder -> the (latest) step folder."""
+    path = Path(path).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if path.is_dir():
+        steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()]
+        if steps:
+            path = path / str(max(steps))
+    return path
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The training iteration of the checkpoint :func:`load_checkpoint_params` would read."""
+    name = _checkpoint_dir(path).name
+    if not name.isdigit():
+        raise ModelFormatError(f"{path} holds no step-numbered checkpoint")
+    return int(name)
+
+
 def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
     """Params from a training workdir, its ``checkpoints`` folder, or one step folder."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True) if path.is_dir() else []
-    if steps:
-        path = path / str(steps[0])
+    path = _checkpoint_dir(path)
     item = path / "default"
     if not item.is_dir():
         raise ModelFormatError(f"{path} is not a project checkpoint (no {item.name}/ inside)")
     try:
-        state = ocp.StandardCheckpointer().restore(item)
+        checkpointer = ocp.StandardCheckpointer()
+        tree = checkpointer.metadata(item).item_metadata.tree
+        # Restore onto one local device whatever mesh the run was saved from.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+        )
+        state = checkpointer.restore(item, abstract)
     except Exception as e:
         raise ModelFormatError(f"checkpoint {path} cannot be read (corrupt?): {e}") from e
     if not isinstance(state, dict) or "params" not in state:
@@ -194,4 +218,6 @@ def load_model(spec: str, kind: str) -> dict:
         return load_tfjs(path, kind)
     if path.is_dir():
         return load_checkpoint_params(path, kind)
-    raise ModelFormatError(f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)")
+    raise ModelFormatError(
+        f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)"
+    )

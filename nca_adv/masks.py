@@ -16,9 +16,7 @@ def alive_mask(x: jax.Array, threshold: float = ALIVE_THRESHOLD) -> jax.Array:
     """
     alpha = x[..., ALPHA_CHANNEL : ALPHA_CHANNEL + 1]
     window = (1,) * (alpha.ndim - 3) + (3, 3, 1)
-    pooled = jax.lax.reduce_window(
-        alpha, -jnp.inf, jax.lax.max, window, (1,) * alpha.ndim, "SAME"
-    )
+    pooled = jax.lax.reduce_window(alpha, -jnp.inf, jax.lax.max, window, (1,) * alpha.ndim, "SAME")
     return pooled > threshold
 
 

@@ -341,8 +341,17 @@ class Evaluator:
             sel = order[lo : lo + b]
             batch = [_pad_to(a[sel], b) for a in (images, labels, new_images, new_labels)]
             k = cells_needed(batch[0], batch[2])
-            stats = swap_rollout(self.params, batch[0], batch[1], jax.random.fold_in(key, j),
-                                 steps, k, switch_at, batch[2], batch[3])
+            stats = swap_rollout(
+                self.params,
+                batch[0],
+                batch[1],
+                jax.random.fold_in(key, j),
+                steps,
+                k,
+                switch_at,
+                batch[2],
+                batch[3],
+            )
             out.append(jax.tree.map(lambda a, m=len(sel): np.asarray(a)[:, :m], stats))
             if t_start is None:
                 t_start = time.perf_counter()
@@ -367,7 +376,15 @@ def trajectory_with_swap(params, images, labels, key, steps, switch_at, new_imag
         new_images, new_labels = images, labels
     k = cells_needed(images, new_images)
     _, (states, labs) = swap_rollout(
-        params, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32), key, steps,
-        k, switch_at, jnp.asarray(new_images, jnp.float32), jnp.asarray(new_labels, jnp.int32),
-        trajectory=True)
+        params,
+        jnp.asarray(images, jnp.float32),
+        jnp.asarray(labels, jnp.int32),
+        key,
+        steps,
+        k,
+        switch_at,
+        jnp.asarray(new_images, jnp.float32),
+        jnp.asarray(new_labels, jnp.int32),
+        trajectory=True,
+    )
     return states, labs

@@ -74,7 +74,9 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """3x3 SAME cross-correlation with an HWIO kernel, as im2col + one matmul."""
     kh, kw, cin, cout = kernel.shape
     if (kh, kw) != (3, 3) or cin != x.shape[-1]:
-        raise ValueError(f"conv3x3: kernel {kernel.shape} does not fit input channels {x.shape[-1]}")
+        raise ValueError(
+            f"conv3x3: kernel {kernel.shape} does not fit input channels {x.shape[-1]}"
+        )
     return im2col3x3(x) @ kernel.reshape(9 * cin, cout) + bias
 
 

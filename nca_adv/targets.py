@@ -52,7 +52,9 @@ def preprocess_target(
     return np.pad(x, ((padding, padding), (padding, padding), (0, 0)))
 
 
-def load_target(name_or_path: str, size: int = TARGET_SIZE, padding: int = TARGET_PADDING) -> np.ndarray:
+def load_target(
+    name_or_path: str, size: int = TARGET_SIZE, padding: int = TARGET_PADDING
+) -> np.ndarray:
     """A shipped target name (e.g. ``lizard``) or a PNG path -> (H, W, 4) float32 target."""
     if name_or_path in SHIPPED_TARGETS:
         path = shipped_target_path(name_or_path)

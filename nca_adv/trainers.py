@@ -4,6 +4,7 @@ by :func:`nca_adv.training.train_loop`."""
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +41,9 @@ def growing_trainer(
     }
     train_step = growing.make_growing_train_step(optimizer, config)
     prepare = jax.jit(growing.prepare_batch, static_argnames="damage_n")
-    put_batch = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    put_batch = (
+        (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    )
     if mesh is not None:
         check_batch_divides(config.batch_size, mesh)
         state["params"] = jax.device_put(state["params"], replicated(mesh))
@@ -62,7 +65,6 @@ def growing_trainer(
     return state, iteration
 
 
-
 def mnist_trainer(
     images: np.ndarray,
     labels: np.ndarray,
@@ -78,7 +80,9 @@ def mnist_trainer(
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int32)
     if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(f"images (N, H, W) and labels (N,) expected, got {images.shape}, {labels.shape}")
+        raise ValueError(
+            f"images (N, H, W) and labels (N,) expected, got {images.shape}, {labels.shape}"
+        )
     if config.new_n + config.mutate_n > config.batch_size:
         raise ValueError("new_n + mutate_n must not exceed the batch size")
     k_init, k_pool, key = jax.random.split(key, 3)
@@ -102,7 +106,9 @@ def mnist_trainer(
         pick = jax.random.randint(k, (n_fresh,), 0, digits.shape[0])
         return mnist.refresh_batch(x, lab, digits[pick], digit_labels[pick], config.new_n)
 
-    put_batch = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    put_batch = (
+        (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    )
     if mesh is not None:
         check_batch_divides(config.batch_size, mesh)
         state["params"] = jax.device_put(state["params"], replicated(mesh))

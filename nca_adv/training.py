@@ -4,6 +4,7 @@ metrics file, progress with ETA, and the resumable loop that ties them together.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +29,9 @@ def normalize_per_variable(eps: float = 1e-8) -> optax.GradientTransformation:
     return optax.stateless(lambda g, _: jax.tree.map(lambda x: x / (jnp.linalg.norm(x) + eps), g))
 
 
-def make_optimizer(lr: float, boundaries_and_scales: dict[int, float]) -> optax.GradientTransformation:
+def make_optimizer(
+    lr: float, boundaries_and_scales: dict[int, float]
+) -> optax.GradientTransformation:
     """Per-variable gradient normalisation, then Adam on a piecewise-constant schedule.
 
     eps=1e-7 is Keras' Adam default, which the original models were trained with.
@@ -63,6 +66,16 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+class _QuietOrbax(std_logging.Filter):
+    """Drop orbax's INFO chatter (dozens of lines per save) so progress lines stay readable."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
+std_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back (missing, corrupt, or of another model)."""
 
@@ -111,8 +124,12 @@ class Checkpointer:
 def _assert_same_structure(like: Any, state: Any, where: Path) -> None:
     for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(state), strict=True):
         if np.shape(a) != np.shape(b):
-            raise CheckpointError(f"checkpoint {where} holds shape {np.shape(b)}, expected {np.shape(a)}")
-        if not np.all(np.isfinite(np.asarray(b))) and np.issubdtype(np.asarray(b).dtype, np.floating):
+            raise CheckpointError(
+                f"checkpoint {where} holds shape {np.shape(b)}, expected {np.shape(a)}"
+            )
+        if not np.all(np.isfinite(np.asarray(b))) and np.issubdtype(
+            np.asarray(b).dtype, np.floating
+        ):
             raise CheckpointError(f"checkpoint {where} holds non-finite values")
 
 
@@ -166,7 +183,12 @@ class Progress:
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         logging.info(
             "iter %d/%d %s | %.3f it/s | %.2f s/it | ETA %s",
-            iteration, self.total, shown, rate, 1 / rate, _hms(eta),
+            iteration,
+            self.total,
+            shown,
+            rate,
+            1 / rate,
+            _hms(eta),
         )
 
 

@@ -12,5 +12,7 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 @pytest.fixture(scope="session")
 def reference() -> Path:
     if not (REFERENCE / "README.md").is_file():
-        pytest.skip(f"reference data not found at {REFERENCE} (../shared/reference beside the project)")
+        pytest.skip(
+            f"reference data not found at {REFERENCE} (../shared/reference beside the project)"
+        )
     return REFERENCE

@@ -55,7 +55,9 @@ def test_step_rule_by_hand(params):
     expected = (x + dx) * (masks.alive_mask(x) & masks.alive_mask(x + dx))
     np.testing.assert_allclose(growing.growing_step(params, x, key, 1.0), expected, atol=1e-6)
     # fire_rate=0: only the life mask acts, and it keeps an alive state unchanged.
-    np.testing.assert_array_equal(growing.growing_step(params, x, key, 0.0), x * masks.alive_mask(x))
+    np.testing.assert_array_equal(
+        growing.growing_step(params, x, key, 0.0), x * masks.alive_mask(x)
+    )
 
 
 def test_dead_cells_stay_dead(params):
@@ -116,7 +118,9 @@ def test_train_step_lowers_loss_on_tiny_target():
     x0 = jnp.broadcast_to(growing.seed_state(16, 16), (4, 16, 16, 16))
     losses = []
     for i in range(30):
-        params, state, _, loss = step(params, state, x0, target, jax.random.PRNGKey(i), jnp.int32(10))
+        params, state, _, loss = step(
+            params, state, x0, target, jax.random.PRNGKey(i), jnp.int32(10)
+        )
         losses.append(float(loss))
     assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
 

@@ -34,7 +34,10 @@ def test_load_model_from_reference_npz_and_json(reference):
 
 
 def test_save_load_roundtrip(tmp_path):
-    for kind, init in (("growing", growing.init_growing_params), ("mnist", mnist.init_mnist_params)):
+    for kind, init in (
+        ("growing", growing.init_growing_params),
+        ("mnist", mnist.init_mnist_params),
+    ):
         p = init(jax.random.PRNGKey(0))
         io.save_params(tmp_path / f"{kind}.npz", p, kind)
         q = io.load_model(str(tmp_path / f"{kind}.npz"), kind)

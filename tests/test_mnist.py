@@ -132,8 +132,9 @@ def test_train_step_lowers_loss(params):
 def test_evaluator_curve_and_order_independence(params):
     img, lab = _digits(n=7)
     ev = mnist.Evaluator(params, batch_size=3)
-    stats = ev.run(img, lab, jax.random.PRNGKey(0), 10, switch_at=5,
-                   new_images=img[::-1], new_labels=lab[::-1])
+    stats = ev.run(
+        img, lab, jax.random.PRNGKey(0), 10, switch_at=5, new_images=img[::-1], new_labels=lab[::-1]
+    )
     assert stats.alive.shape == (10, 7)
     np.testing.assert_array_equal(stats.alive[0], (img > 0.1).sum((1, 2)))
     np.testing.assert_array_equal(stats.alive[-1], (img[::-1] > 0.1).sum((1, 2)))
@@ -142,7 +143,9 @@ def test_evaluator_curve_and_order_independence(params):
     assert ((0 <= acc) & (acc <= 1)).all() and ((0 <= agree) & (agree <= 1)).all()
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4)), np.full((2, 4, 4), np.nan), np.full((2, 4, 4), 2.0)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 4)), np.full((2, 4, 4), np.nan), np.full((2, 4, 4), 2.0)]
+)
 def test_bad_images_raise(params, bad):
     with pytest.raises(ValueError):
         mnist.Evaluator(params).run(bad, np.zeros(len(bad), np.int32), jax.random.PRNGKey(0), 2)

@@ -22,7 +22,9 @@ def _target():
 
 def _run(workdir, iterations, resume=False, every=2):
     state, it = trainers.growing_trainer(_target(), jax.random.PRNGKey(0), TINY)
-    return training.train_loop(state, it, iterations, workdir, checkpoint_every=every, resume=resume)
+    return training.train_loop(
+        state, it, iterations, workdir, checkpoint_every=every, resume=resume
+    )
 
 
 def test_per_variable_normalisation():
@@ -53,7 +55,13 @@ def test_kill_loses_only_steps_since_checkpoint(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"iteration": 6, "loss": 1.0}) + "\n" + '{"iterat')
     _run(tmp_path, 5, resume=True)
-    assert [r["iteration"] for r in training.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert [r["iteration"] for r in training.read_metrics(tmp_path / "metrics.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
 
 
 def test_refuses_to_overwrite_without_resume(tmp_path):
@@ -82,7 +90,7 @@ def test_checkpoint_params_load_as_model(tmp_path):
 
 def test_data_parallel_8_devices_same_losses(tmp_path):
     """Same key, same losses on 1 and on 8 (fake CPU) devices, within float tolerance."""
-    script = f"""
+    script = """
 import jax, json, sys
 jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
 import numpy as np
@@ -95,13 +103,18 @@ losses = []
 for i in range(1, 4):
     state, m = it(state, i)
     losses.append(float(m["loss"]))
-print(json.dumps({{"devices": len(mesh.devices.ravel()), "losses": losses}}))
+print(json.dumps({"devices": len(mesh.devices.ravel()), "losses": losses}))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = {}
     for n in (1, 8):
-        res = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True,
-                             env=env, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(n)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         out[n] = json.loads(res.stdout.strip().splitlines()[-1])
     assert out[8]["devices"] == 8 and out[1]["devices"] == 1
