@@ -95,6 +95,20 @@ def rollout(
     return _rollout(params, x0, key, steps, trajectory, fire_rate, perceive)
 
 
+@functools.partial(jax.jit, static_argnames=("steps", "fire_rate"))
+def rollout_each(
+    params: dict, x0: jax.Array, keys: jax.Array, steps: int, fire_rate: float = FIRE_RATE
+) -> jax.Array:
+    """``vmap`` of :func:`rollout` over a batch (B, H, W, 16) with one key per sample.
+
+    Sample i's result depends only on ``keys[i]``, not on the batch it runs in: the form
+    for sweeps (over seeds, or with ``in_axes`` over parameters).
+    """
+    return jax.vmap(lambda x, k: _rollout(params, x, k, steps, False, fire_rate, sobel_perceive))(
+        x0, keys
+    )
+
+
 def damage(x: jax.Array, key: jax.Array) -> jax.Array:
     """Erase one random circle (see :func:`circle_damage_masks`) from each state of a batch."""
     check_state(x)

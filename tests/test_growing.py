@@ -75,6 +75,14 @@ def test_batched_rollout_matches_single_shapes(params):
     assert out.shape == (3, 10, 10, 16)
 
 
+def test_vmapped_rollout_per_sample_keys(params):
+    keys = jax.random.split(jax.random.PRNGKey(8), 3)
+    x0 = jnp.broadcast_to(growing.seed_state(10, 10), (3, 10, 10, 16))
+    out = growing.rollout_each(params, x0, keys, 6)
+    np.testing.assert_allclose(out[2], growing.rollout(params, x0[2], keys[2], 6), atol=1e-6)
+    assert not np.allclose(out[0], out[1])
+
+
 def test_variable_rollout_equals_fixed(params):
     x0 = jnp.broadcast_to(growing.seed_state(12, 12), (2, 12, 12, 16))
     key = jax.random.PRNGKey(4)
