@@ -33,3 +33,26 @@ def print_result(result: dict) -> None:
     """The last line of stdout: one JSON object."""
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
+
+
+def train_and_export(state, iteration, kind: str) -> None:
+    """The trainers' shared tail: the resumable loop on the common flags, then the final
+    weights to ``workdir/params.npz`` and a JSON summary as the last stdout line."""
+    from pathlib import Path
+
+    from nca_adv import io, training
+
+    f = flags.FLAGS
+    state = training.train_loop(
+        state,
+        iteration,
+        f.iterations,
+        f.workdir,
+        checkpoint_every=f.checkpoint_every,
+        resume=f.resume,
+        log_every=f.log_every,
+    )
+    out = Path(f.workdir) / "params.npz"
+    io.save_params(out, jax.device_get(state["params"]), kind)
+    last = training.read_metrics(Path(f.workdir) / "metrics.jsonl")[-1]
+    print_result({"params": str(out), "iterations": f.iterations, "final_loss": last["loss"]})

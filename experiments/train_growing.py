@@ -6,13 +6,11 @@ python -m experiments.train_growing --workdir=runs/lizard --iterations=8000 --re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 from absl import app, flags, logging
 
-from experiments.common import configure_devices, define_device_flags, print_result
-from nca_adv import growing, io, targets, trainers, training
+from experiments.common import configure_devices, define_device_flags, train_and_export
+from nca_adv import growing, targets, trainers, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -56,19 +54,7 @@ def main(argv):
     state, iteration = trainers.growing_trainer(
         target, jax.random.PRNGKey(FLAGS.seed), config, mesh
     )
-    state = training.train_loop(
-        state,
-        iteration,
-        FLAGS.iterations,
-        FLAGS.workdir,
-        checkpoint_every=FLAGS.checkpoint_every,
-        resume=FLAGS.resume,
-        log_every=FLAGS.log_every,
-    )
-    out = Path(FLAGS.workdir) / "params.npz"
-    io.save_params(out, jax.device_get(state["params"]), "growing")
-    last = training.read_metrics(Path(FLAGS.workdir) / "metrics.jsonl")[-1]
-    print_result({"params": str(out), "iterations": FLAGS.iterations, "final_loss": last["loss"]})
+    train_and_export(state, iteration, "growing")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import optax
 
 from nca_adv.masks import alive_mask, circle_damage_masks, fire_mask
 from nca_adv.perceive import sobel_perceive
+from nca_adv.rollout import scan_steps
 from nca_adv.update import GrowingUpdate, init_params
 
 CHANNELS = 16
@@ -65,14 +66,9 @@ def growing_step(
 
 @functools.partial(jax.jit, static_argnames=("steps", "trajectory", "fire_rate", "perceive"))
 def _rollout(params, x0, key, steps, trajectory, fire_rate, perceive):
-    # Step i draws fold_in(key, i) (not split(key, steps)[i]): the first N steps of a
-    # longer rollout are then identical to an N-step rollout.
-    def body(x, i):
-        x = growing_step(params, x, jax.random.fold_in(key, i), fire_rate, perceive)
-        return x, (x if trajectory else None)
-
-    xT, traj = jax.lax.scan(body, x0, jnp.arange(steps))
-    return traj if trajectory else xT
+    return scan_steps(
+        lambda x, k: growing_step(params, x, k, fire_rate, perceive), x0, key, steps, trajectory
+    )
 
 
 def rollout(

@@ -19,6 +19,7 @@ import optax
 
 from nca_adv.masks import fire_mask
 from nca_adv.perceive import im2col3x3
+from nca_adv.rollout import scan_steps
 from nca_adv.update import MnistUpdate, init_params
 
 CHANNELS = 20
@@ -153,12 +154,13 @@ def mnist_step_cells(
 def _rollout(params, x0, key, steps, k, trajectory, fire_rate, noise_std):
     index = cell_index(x0[..., 0], k)
 
-    def body(x, i):
-        x = mnist_step_cells(params, x, index, jax.random.fold_in(key, i), fire_rate, noise_std)
-        return x, (x if trajectory else None)
-
-    xT, traj = jax.lax.scan(body, x0, jnp.arange(steps))
-    return traj if trajectory else xT
+    return scan_steps(
+        lambda x, k: mnist_step_cells(params, x, index, k, fire_rate, noise_std),
+        x0,
+        key,
+        steps,
+        trajectory,
+    )
 
 
 def rollout(
@@ -249,11 +251,13 @@ def make_mnist_train_step(optimizer: optax.GradientTransformation, config: Mnist
     def loss_fn(params, x0, labels, key, k):
         index = cell_index(x0[..., 0], k)
 
-        def body(x, i):
-            k_i = jax.random.fold_in(key, i)
-            return mnist_step_cells(params, x, index, k_i, config.fire_rate, config.noise_std), None
-
-        x, _ = jax.lax.scan(jax.checkpoint(body), x0, jnp.arange(config.steps))
+        x = scan_steps(
+            lambda x, k: mnist_step_cells(params, x, index, k, config.fire_rate, config.noise_std),
+            x0,
+            key,
+            config.steps,
+            remat=True,
+        )
         y = label_maps(x0[..., 0], labels)
         return jnp.mean(l2_loss(x, y)), x
 

@@ -8,16 +8,28 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from nca_adv import growing, mnist, pool
 from nca_adv.training import batch_sharding, check_batch_divides, make_optimizer, replicated
+
+
+def _place_on_mesh(state: dict, mesh: Mesh | None, batch_size: int) -> Callable:
+    """Replicate params and optimiser state over ``mesh`` (in place in ``state``) and return
+    the function that splits a batch over it (identity without a mesh)."""
+    if mesh is None:
+        return lambda x: x
+    check_batch_divides(batch_size, mesh)
+    state["params"] = jax.device_put(state["params"], replicated(mesh))
+    state["opt_state"] = jax.device_put(state["opt_state"], replicated(mesh))
+    return lambda x: jax.device_put(x, batch_sharding(mesh))
 
 
 def growing_trainer(
     target: np.ndarray,
     key: jax.Array,
     config: growing.GrowingTrainConfig = growing.GrowingTrainConfig(),
-    mesh: jax.sharding.Mesh | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[dict, Callable[[dict, int], tuple[dict, dict]]]:
     """Initial state and iteration function for Growing CA training on ``target`` (H, W, 4).
 
@@ -41,13 +53,7 @@ def growing_trainer(
     }
     train_step = growing.make_growing_train_step(optimizer, config)
     prepare = jax.jit(growing.prepare_batch, static_argnames="damage_n")
-    put_batch = (
-        (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
-    )
-    if mesh is not None:
-        check_batch_divides(config.batch_size, mesh)
-        state["params"] = jax.device_put(state["params"], replicated(mesh))
-        state["opt_state"] = jax.device_put(state["opt_state"], replicated(mesh))
+    put_batch = _place_on_mesh(state, mesh, config.batch_size)
     target_j = jnp.asarray(target)
 
     def iteration(state: dict, i: int) -> tuple[dict, dict]:
@@ -70,7 +76,7 @@ def mnist_trainer(
     labels: np.ndarray,
     key: jax.Array,
     config: mnist.MnistTrainConfig = mnist.MnistTrainConfig(),
-    mesh: jax.sharding.Mesh | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[dict, Callable[[dict, int], tuple[dict, dict]]]:
     """Initial state and iteration function for MNIST CA training.
 
@@ -106,13 +112,7 @@ def mnist_trainer(
         pick = jax.random.randint(k, (n_fresh,), 0, digits.shape[0])
         return mnist.refresh_batch(x, lab, digits[pick], digit_labels[pick], config.new_n)
 
-    put_batch = (
-        (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
-    )
-    if mesh is not None:
-        check_batch_divides(config.batch_size, mesh)
-        state["params"] = jax.device_put(state["params"], replicated(mesh))
-        state["opt_state"] = jax.device_put(state["opt_state"], replicated(mesh))
+    put_batch = _place_on_mesh(state, mesh, config.batch_size)
 
     def iteration(state: dict, i: int) -> tuple[dict, dict]:
         key, k_idx, k_fresh, k_roll = jax.random.split(state["key"], 4)
