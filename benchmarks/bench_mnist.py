@@ -21,7 +21,7 @@ from nca_adv import data, io, mnist, perceive, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
-flags.DEFINE_integer("eval_digits", 500, "Digits per evaluation measurement.")
+flags.DEFINE_integer("eval_digits", 500, "Digits per evaluation measurement.", lower_bound=2)
 flags.DEFINE_string("model", "mnist", "Model to run (shipped name, .npz, .json).")
 
 

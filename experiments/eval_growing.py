@@ -33,6 +33,8 @@ flags.DEFINE_integer("zoom", 4, "Video upscaling factor.", lower_bound=1)
 
 def main(argv):
     del argv
+    if FLAGS.video and FLAGS.steps == 0:
+        raise app.UsageError("--video needs --steps >= 1")
     if FLAGS.damage_at is not None and FLAGS.damage_at >= FLAGS.steps:
         raise app.UsageError("--damage_at must be smaller than --steps")
     params = io.load_model(FLAGS.model, "growing")

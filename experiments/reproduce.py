@@ -172,7 +172,7 @@ def mnist_section(rep: report.HtmlReport, out: Path, ref: Path | None, key: jax.
     images = data.to_float(splits.test_images[:n])
     labels = splits.test_labels[:n].astype(np.int32)
     k_run, k_swap = jax.random.split(key)
-    perm = np.asarray(jax.random.permutation(k_swap, n))
+    perm = mnist.swap_partners(k_swap, n)
     models = {"shipped mnist": params}
     if ref is not None:
         models["authors' model (TF.js import)"] = io.load_model(

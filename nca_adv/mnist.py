@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nca_adv.masks import fire_mask
 from nca_adv.perceive import im2col3x3
 from nca_adv.rollout import scan_steps
 from nca_adv.update import MnistUpdate, init_params
@@ -72,20 +71,41 @@ def label_maps(images: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.nn.one_hot(labels, NUM_CLASSES)[..., None, None, :] * on
 
 
+def _random_draws(
+    key: jax.Array, b: int, h: int, w: int, per_sample: bool
+) -> tuple[jax.Array, jax.Array]:
+    """The step's random numbers on the whole grid: uniform (B, H, W, 1) for the fire mask
+    and standard normal (B, H, W, 19) for the noise. With ``per_sample``, ``key`` holds one
+    key per sample (B, ...) and sample i's draws depend on ``key[i]`` only."""
+    shapes = ((h, w, 1), (h, w, CHANNELS - 1))
+
+    def draw(k, lead):
+        k_fire, k_noise = jax.random.split(k)
+        return (
+            jax.random.uniform(k_fire, (*lead, *shapes[0])),
+            jax.random.normal(k_noise, (*lead, *shapes[1])),
+        )
+
+    if per_sample:
+        return jax.vmap(lambda k: draw(k, ()))(key)
+    return draw(key, (b,))
+
+
 def mnist_step(
     params: dict,
     x: jax.Array,
     key: jax.Array,
     fire_rate: float = FIRE_RATE,
     noise_std: float = NOISE_STD,
+    per_sample_keys: bool = False,
 ) -> jax.Array:
-    """One step: learned 3x3 perception + MLP, N(0, noise_std) residual noise, applied to
-    channels 1..19 only where the cell fires AND is alive. No clipping."""
-    k_fire, k_noise = jax.random.split(key)
-    dx = UPDATE.apply({"params": params}, im2col3x3(x))
-    if noise_std:
-        dx = dx + noise_std * jax.random.normal(k_noise, dx.shape)
-    mask = fire_mask(k_fire, x.shape[:-1], fire_rate) & alive(x)
+    """One step on the whole (B, H, W, 20) grid: learned 3x3 perception + MLP, N(0,
+    noise_std) residual noise, applied to channels 1..19 only where the cell fires AND is
+    alive. No clipping. The reference form of :func:`mnist_step_cells`."""
+    b, h, w, _ = x.shape
+    uniform, normal = _random_draws(key, b, h, w, per_sample_keys)
+    dx = UPDATE.apply({"params": params}, im2col3x3(x)) + noise_std * normal
+    mask = (uniform <= fire_rate) & alive(x)
     return x.at[..., 1:].add(dx * mask)
 
 
@@ -129,23 +149,27 @@ def mnist_step_cells(
     key: jax.Array,
     fire_rate: float = FIRE_RATE,
     noise_std: float = NOISE_STD,
+    per_sample_keys: bool = False,
 ) -> jax.Array:
-    """:func:`mnist_step` computed on the alive cells only (same maths, other random draws).
+    """:func:`mnist_step` computed on the alive cells only: same maths, same random draws,
+    same result (bit for bit), about H*W/K times less work.
 
-    Dead cells never change, so their update need not be computed: gathering the K alive
-    cells' patches cuts the work by H*W/K (about 4x on MNIST).
+    Dead cells never change, so their update need not be computed: the K alive cells'
+    3x3 patches are gathered from the zero-padded grid, the MLP runs on them, and the
+    update is scattered back. Random numbers are drawn on the whole grid (as the dense
+    step does) and gathered, so results never depend on K or on the other digits.
     """
     b, h, w, c = x.shape
     k = index.cells.shape[1]
-    k_fire, k_noise = jax.random.split(key)
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, -1, c)
     flat_nb = index.neighbours.reshape(b, k * 9, 1)
     patches = jnp.take_along_axis(padded, flat_nb, axis=1).reshape(b, k, 9 * c)
-    dx = UPDATE.apply({"params": params}, patches)
-    if noise_std:
-        dx = dx + noise_std * jax.random.normal(k_noise, dx.shape)
-    fire = jax.random.uniform(k_fire, (b, k, 1)) <= fire_rate
-    dx = dx * (fire & index.valid)
+    uniform, normal = _random_draws(key, b, h, w, per_sample_keys)
+    at_cells = index.cells[..., None]
+    uniform = jnp.take_along_axis(uniform.reshape(b, h * w, 1), at_cells, axis=1)
+    normal = jnp.take_along_axis(normal.reshape(b, h * w, c - 1), at_cells, axis=1)
+    dx = UPDATE.apply({"params": params}, patches) + noise_std * normal
+    dx = dx * ((uniform <= fire_rate) & index.valid)
     delta = jnp.zeros((b, h * w, c - 1), x.dtype).at[jnp.arange(b)[:, None], index.cells].add(dx)
     return x.at[..., 1:].add(delta.reshape(b, h, w, c - 1))
 
@@ -275,6 +299,7 @@ def swap_rollout(
     params: dict,
     images: jax.Array,
     labels: jax.Array,
+    digit_ids: jax.Array,
     key: jax.Array,
     steps: int,
     k: int,
@@ -285,12 +310,14 @@ def swap_rollout(
     noise_std: float = NOISE_STD,
 ):
     """Roll out fresh seeds of ``images`` (B, H, W) for ``steps`` steps, recording per-step,
-    per-digit :class:`DigitStats` (steps, B).
+    per-digit :class:`DigitStats` (steps, B); entry t is the state after t + 1 steps.
 
-    With ``switch_at``, every digit is mutated into ``new_images`` / ``new_labels`` after
-    step ``switch_at`` (the article's protocol: 200 steps, swap, 200 more). With
-    ``trajectory`` also returns the (steps, B, H, W, 20) states and (steps, B) labels.
-    ``k`` (static) must cover the alive cells of both image sets (:func:`cells_needed`).
+    Digit b draws its random numbers from ``fold_in(fold_in(key, step), digit_ids[b])``,
+    so its result does not depend on which digits share its batch. With ``switch_at``,
+    every digit is mutated into ``new_images`` / ``new_labels`` after step ``switch_at``
+    (the article's protocol: 200 steps, swap, 200 more). With ``trajectory`` also returns
+    the (steps, B, H, W, 20) states and (steps, B) labels. ``k`` (static) must cover the
+    alive cells of both image sets (:func:`cells_needed`).
     """
     x0 = seed_states(images)
     index = cell_index(images, k)
@@ -303,11 +330,41 @@ def swap_rollout(
             x = jnp.where(swap, mutate(x, new_images), x)
             lab = jnp.where(swap, new_labels, lab)
             idx = jax.tree.map(lambda a, b: jnp.where(swap, b, a), idx, new_index)
-        x = mnist_step_cells(params, x, idx, jax.random.fold_in(key, i), FIRE_RATE, noise_std)
+        step_key = jax.random.fold_in(key, i)
+        keys = jax.vmap(lambda d: jax.random.fold_in(step_key, d))(digit_ids)
+        x = mnist_step_cells(params, x, idx, keys, FIRE_RATE, noise_std, per_sample_keys=True)
         return (x, lab, idx), (digit_stats(x, lab), (x, lab) if trajectory else None)
 
     _, (stats, traj) = jax.lax.scan(body, (x0, labels, index), jnp.arange(steps))
     return (stats, traj) if trajectory else stats
+
+
+def swap_partners(key: jax.Array, n: int) -> np.ndarray:
+    """For the swap protocol: index of the digit that replaces each of ``n`` digits, a random
+    derangement (every digit is replaced by another one): a random cycle through all."""
+    if n < 2:
+        raise ValueError("swapping digits needs at least 2 of them")
+    cycle = np.asarray(jax.random.permutation(key, n))
+    partner = np.empty(n, np.int64)
+    partner[cycle] = np.roll(cycle, -1)
+    return partner
+
+
+def _check_swap_inputs(images, labels, switch_at, new_images, new_labels):
+    """Validate evaluation inputs; returns float32/int32 numpy arrays."""
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels, np.int32)
+    check_images(images)
+    if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise ValueError(f"labels must be ({len(images)},) digits 0..9, got {labels.shape}")
+    if switch_at is None:
+        return images, labels, images, labels
+    if new_images is None or new_labels is None:
+        raise ValueError("switch_at needs new_images and new_labels")
+    new_images, new_labels = _check_swap_inputs(new_images, new_labels, None, None, None)[:2]
+    if new_images.shape != images.shape:
+        raise ValueError(f"new_images {new_images.shape} must match images {images.shape}")
+    return images, labels, new_images, new_labels
 
 
 def accuracy_curves(stats: DigitStats) -> tuple[np.ndarray, np.ndarray]:
@@ -319,50 +376,48 @@ def accuracy_curves(stats: DigitStats) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Evaluator:
-    """Batched :func:`swap_rollout` over many digits with one compilation (the last batch
-    is padded), timing digits per second after the first (compiling) batch."""
+    """Batched :func:`swap_rollout` over many digits. Digits are batched in order of size
+    so that each batch's K (its work) fits its own digits; every distinct K is compiled
+    ahead of time, so ``digits_per_s`` measures the rollouts alone."""
 
     def __init__(self, params: dict, batch_size: int = 500):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.params, self.batch_size = params, batch_size
         self.digits_per_s: float | None = None
+        self.compile_seconds: float | None = None
 
     def run(self, images, labels, key, steps, switch_at=None, new_images=None, new_labels=None):
         """Per-step, per-digit :class:`DigitStats` as numpy (steps, N), in input order.
 
-        Digits are batched in order of alive-cell count so that each batch's K (and so
-        its work) is close to its own digits' size.
+        Results do not depend on ``batch_size`` (digit i draws from ``fold_in(., i)``).
         """
-        images = np.asarray(images, np.float32)
-        labels = np.asarray(labels, np.int32)
-        check_images(images)
-        if switch_at is None:
-            new_images, new_labels = images, labels  # unused, keeps one signature
+        images, labels, new_images, new_labels = _check_swap_inputs(
+            images, labels, switch_at, new_images, new_labels
+        )
         size = (images > ALIVE_THRESHOLD).sum((1, 2)) + (new_images > ALIVE_THRESHOLD).sum((1, 2))
         order = np.argsort(size, kind="stable")
         n, b = len(images), self.batch_size
-        out, timed_digits, t_start = [], 0, None
-        for j, lo in enumerate(range(0, n, b)):
+        ids = np.arange(n)  # digit i draws from fold_in(., i) wherever it is batched
+        batches = []
+        for lo in range(0, n, b):
             sel = order[lo : lo + b]
-            batch = [_pad_to(a[sel], b) for a in (images, labels, new_images, new_labels)]
-            k = cells_needed(batch[0], batch[2])
-            stats = swap_rollout(
-                self.params,
-                batch[0],
-                batch[1],
-                jax.random.fold_in(key, j),
-                steps,
-                k,
-                switch_at,
-                batch[2],
-                batch[3],
-            )
-            out.append(jax.tree.map(lambda a, m=len(sel): np.asarray(a)[:, :m], stats))
-            if t_start is None:
-                t_start = time.perf_counter()
-            else:
-                timed_digits += len(sel)
-        if timed_digits:
-            self.digits_per_s = timed_digits / (time.perf_counter() - t_start)
+            arrays = [_pad_to(a[sel], b) for a in (images, labels, ids, new_images, new_labels)]
+            batches.append((len(sel), cells_needed(arrays[0], arrays[3]), arrays))
+        t0 = time.perf_counter()
+        compiled = {}
+        for _, k, arrays in batches:
+            if k not in compiled:
+                compiled[k] = swap_rollout.lower(
+                    self.params, *arrays[:3], key, steps, k, switch_at, *arrays[3:]
+                ).compile()
+        t1 = time.perf_counter()
+        out = []
+        for m, k, arrays in batches:
+            stats = compiled[k](self.params, *arrays[:3], key, arrays[3], arrays[4])
+            out.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:, :m], stats))
+        self.compile_seconds = t1 - t0
+        self.digits_per_s = n / (time.perf_counter() - t1)
         inverse = np.argsort(order)
         return DigitStats(*(np.concatenate(parts, axis=1)[:, inverse] for parts in zip(*out)))
 
@@ -376,19 +431,21 @@ def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
 
 def trajectory_with_swap(params, images, labels, key, steps, switch_at, new_images, new_labels):
     """States (steps, B, H, W, 20) and labels (steps, B) of a rollout, for pictures."""
-    if switch_at is None:
-        new_images, new_labels = images, labels
+    images, labels, new_images, new_labels = _check_swap_inputs(
+        images, labels, switch_at, new_images, new_labels
+    )
     k = cells_needed(images, new_images)
     _, (states, labs) = swap_rollout(
         params,
-        jnp.asarray(images, jnp.float32),
-        jnp.asarray(labels, jnp.int32),
+        images,
+        labels,
+        np.arange(len(images)),
         key,
         steps,
         k,
         switch_at,
-        jnp.asarray(new_images, jnp.float32),
-        jnp.asarray(new_labels, jnp.int32),
+        new_images,
+        new_labels,
         trajectory=True,
     )
     return states, labs

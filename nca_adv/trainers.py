@@ -40,6 +40,8 @@ def growing_trainer(
     target = np.asarray(target, np.float32)
     if target.ndim != 3 or target.shape[-1] != 4:
         raise ValueError(f"target must be (H, W, 4) RGBA, got {target.shape}")
+    if not np.all(np.isfinite(target)) or target.min() < 0 or target.max() > 1:
+        raise ValueError("target values must be finite and in [0, 1]")
     h, w = target.shape[:2]
     k_init, key = jax.random.split(key)
     params = growing.init_growing_params(k_init)
@@ -85,10 +87,9 @@ def mnist_trainer(
     """
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int32)
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(
-            f"images (N, H, W) and labels (N,) expected, got {images.shape}, {labels.shape}"
-        )
+    mnist.check_images(images)
+    if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= mnist.NUM_CLASSES:
+        raise ValueError(f"labels must be ({len(images)},) digits 0..9, got {labels.shape}")
     if config.new_n + config.mutate_n > config.batch_size:
         raise ValueError("new_n + mutate_n must not exceed the batch size")
     k_init, k_pool, key = jax.random.split(key, 3)

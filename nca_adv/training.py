@@ -36,6 +36,8 @@ def make_optimizer(
 
     eps=1e-7 is Keras' Adam default, which the original models were trained with.
     """
+    # optax counts updates from 0: update number `boundary` (0-based) is the first at the
+    # lower rate, i.e. iteration boundary+1 counted from 1 (Keras: one later; immaterial).
     schedule = optax.piecewise_constant_schedule(lr, boundaries_and_scales)
     return optax.chain(normalize_per_variable(), optax.adam(schedule, eps=1e-7))
 
@@ -220,6 +222,11 @@ def train_loop(
     ckpt = Checkpointer(workdir / "checkpoints")
     start = 0
     if resume and ckpt.latest_step() is not None:
+        if ckpt.latest_step() > num_iterations:
+            raise CheckpointError(
+                f"{ckpt.directory} is at iteration {ckpt.latest_step()}, past the requested "
+                f"{num_iterations}; ask for more iterations"
+            )
         start, state = ckpt.restore(state)
         logging.info("resumed from iteration %d (%s)", start, ckpt.directory)
     elif not resume and ckpt.latest_step() is not None:

@@ -69,10 +69,27 @@ def test_dead_cells_stay_dead(params):
     np.testing.assert_array_equal(x1[far], 0.0)
 
 
-def test_batched_rollout_matches_single_shapes(params):
+def test_batched_rollout_runs_each_sample(params):
     x0 = jnp.broadcast_to(growing.seed_state(10, 10), (3, 10, 10, 16))
     out = growing.rollout(params, x0, jax.random.PRNGKey(0), 4)
     assert out.shape == (3, 10, 10, 16)
+    assert not np.allclose(out[0], out[1])  # each sample draws its own fire masks
+
+
+def test_rollout_with_damage_layout(params):
+    x0 = jnp.broadcast_to(growing.seed_state(24, 24), (2, 24, 24, 16))
+    key = jax.random.PRNGKey(3)
+    traj = np.asarray(
+        growing.rollout_with_damage(params, x0, key, 10, damage_at=6, trajectory=True)
+    )
+    assert traj.shape == (11, 2, 24, 24, 16)  # 6 steps, the cut state, 4 steps
+    k_first, k_damage, _ = jax.random.split(key, 3)
+    np.testing.assert_array_equal(traj[5], growing.rollout(params, x0, k_first, 6))
+    np.testing.assert_array_equal(traj[6], growing.damage(traj[5], k_damage))
+    final = growing.rollout_with_damage(params, x0, key, 10, damage_at=6)
+    np.testing.assert_allclose(final, traj[-1], atol=1e-6)
+    with pytest.raises(ValueError, match="damage_at"):
+        growing.rollout_with_damage(params, x0, key, 10, damage_at=10)
 
 
 def test_vmapped_rollout_per_sample_keys(params):

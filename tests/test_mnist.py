@@ -48,16 +48,21 @@ def test_dense_step_rule(params):
     np.testing.assert_array_equal(y[..., 0], x[..., 0])
 
 
-def test_alive_cell_step_equals_dense_step(params):
+@pytest.mark.parametrize("per_sample_keys", [False, True])
+def test_alive_cell_step_equals_dense_step(params, per_sample_keys):
+    # Same random draws (noise and fire mask included), so the same states.
     img, _ = _digits()
     x = mnist.seed_states(img)
     index = mnist.cell_index(jnp.asarray(img), mnist.cells_needed(img))
     dense, cells = x, x
     for i in range(5):
         key = jax.random.PRNGKey(i)
-        dense = mnist.mnist_step(params, dense, key, 1.0, 0.0)
-        cells = mnist.mnist_step_cells(params, cells, index, key, 1.0, 0.0)
+        if per_sample_keys:
+            key = jax.random.split(key, len(img))
+        dense = mnist.mnist_step(params, dense, key, per_sample_keys=per_sample_keys)
+        cells = mnist.mnist_step_cells(params, cells, index, key, per_sample_keys=per_sample_keys)
     np.testing.assert_allclose(cells, dense, atol=1e-5)
+    assert np.abs(np.asarray(dense[..., 1:])).max() > 0
 
 
 def test_same_key_bit_identical(params):
@@ -65,7 +70,9 @@ def test_same_key_bit_identical(params):
     x0 = mnist.seed_states(img)
     a = mnist.rollout(params, x0, jax.random.PRNGKey(7), 6)
     b = mnist.rollout(params, x0, jax.random.PRNGKey(7), 6)
+    c = mnist.rollout(params, x0, jax.random.PRNGKey(8), 6)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
 def test_noise_and_fire_rate_statistics(params):
@@ -129,26 +136,55 @@ def test_train_step_lowers_loss(params):
     assert np.mean(losses[-5:]) < 0.85 * losses[0], losses
 
 
-def test_evaluator_curve_and_order_independence(params):
+def test_evaluator_swap_timing_and_batch_independence(params):
     img, lab = _digits(n=7)
-    ev = mnist.Evaluator(params, batch_size=3)
-    stats = ev.run(
-        img, lab, jax.random.PRNGKey(0), 10, switch_at=5, new_images=img[::-1], new_labels=lab[::-1]
+    new_img = np.roll(img, 1, axis=0)
+    new_img[:, :, :4] = 0.0  # the new digits have fewer alive cells
+    new_lab = (lab + 1) % 10
+    run = dict(
+        key=jax.random.PRNGKey(0), steps=10, switch_at=5, new_images=new_img, new_labels=new_lab
     )
+    stats = mnist.Evaluator(params, batch_size=3).run(img, lab, **run)
     assert stats.alive.shape == (10, 7)
-    np.testing.assert_array_equal(stats.alive[0], (img > 0.1).sum((1, 2)))
-    np.testing.assert_array_equal(stats.alive[-1], (img[::-1] > 0.1).sum((1, 2)))
+    # Entry t is after t+1 steps: 5 steps on the old digits, then the swap.
+    np.testing.assert_array_equal(stats.alive[4], (img > 0.1).sum((1, 2)))
+    np.testing.assert_array_equal(stats.alive[5], (new_img > 0.1).sum((1, 2)))
+    # Digit i's result depends neither on the batch size nor on its batch mates.
+    other = mnist.Evaluator(params, batch_size=7).run(img, lab, **run)
+    np.testing.assert_array_equal(stats.correct, other.correct)
+    alone = mnist.Evaluator(params).run(img[2:4], lab[2:4], key=run["key"], steps=4)
+    direct = mnist.swap_rollout(params, img[2:4], lab[2:4], np.arange(2), run["key"], 4, 96)
+    np.testing.assert_array_equal(alone.correct, np.asarray(direct.correct))
     acc, agree = mnist.accuracy_curves(stats)
     assert acc.shape == agree.shape == (10,)
     assert ((0 <= acc) & (acc <= 1)).all() and ((0 <= agree) & (agree <= 1)).all()
 
 
+def test_swap_partners_is_a_derangement():
+    p = mnist.swap_partners(jax.random.PRNGKey(0), 50)
+    assert sorted(p) == list(range(50)) and (p != np.arange(50)).all()
+
+
 @pytest.mark.parametrize(
-    "bad", [np.zeros((4, 4)), np.full((2, 4, 4), np.nan), np.full((2, 4, 4), 2.0)]
+    "bad, match",
+    [
+        (np.zeros((4, 4)), "shape"),
+        (np.full((2, 4, 4), np.nan), "NaN"),
+        (np.full((2, 4, 4), 2.0), r"\[0, 1\]"),
+    ],
 )
-def test_bad_images_raise(params, bad):
-    with pytest.raises(ValueError):
+def test_bad_images_raise(params, bad, match):
+    with pytest.raises(ValueError, match=match):
         mnist.Evaluator(params).run(bad, np.zeros(len(bad), np.int32), jax.random.PRNGKey(0), 2)
+
+
+def test_bad_swap_inputs_raise(params):
+    img, lab = _digits(n=4)
+    ev = mnist.Evaluator(params)
+    with pytest.raises(ValueError, match="new_images"):
+        ev.run(img, lab, jax.random.PRNGKey(0), 4, switch_at=2)
+    with pytest.raises(ValueError, match="labels"):
+        ev.run(img, np.array([0, 1, 2, 10]), jax.random.PRNGKey(0), 4)
 
 
 def test_bad_states_raise(params):

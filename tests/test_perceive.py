@@ -7,7 +7,7 @@ from nca_adv import perceive
 
 def test_sobel_kernels_by_hand():
     np.testing.assert_array_equal(perceive.SOBEL_X * 8, [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
-    np.testing.assert_array_equal(perceive.SOBEL_Y, perceive.SOBEL_X.T)
+    np.testing.assert_array_equal(perceive.SOBEL_Y * 8, [[-1, -2, -1], [0, 0, 0], [1, 2, 1]])
 
 
 def test_sobel_perceive_hand_computed_values():
