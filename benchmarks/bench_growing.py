@@ -14,13 +14,16 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks.common import emit, markdown_table, time_fn
+from experiments.common import int_list, run
 from nca_adv import growing, io, perceive, targets, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("host_devices", 0, "Split the CPU into this many devices (0: as is).")
-flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
+flags.DEFINE_integer(
+    "host_devices", 0, "Split the CPU into this many devices (0: as is).", lower_bound=0
+)
+flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).", lower_bound=1)
 flags.DEFINE_list("batches", ["1", "8", "64"], "Forward batch sizes.")
-flags.DEFINE_integer("steps", 96, "CA steps per measurement.")
+flags.DEFINE_integer("steps", 96, "CA steps per measurement.", lower_bound=1)
 flags.DEFINE_bool("train", True, "Also time the train step.")
 
 PERCEPTIONS = {"slices": perceive.sobel_perceive, "lax.conv": perceive.sobel_perceive_conv}
@@ -28,6 +31,9 @@ PERCEPTIONS = {"slices": perceive.sobel_perceive, "lax.conv": perceive.sobel_per
 
 def main(argv):
     del argv
+    batches = int_list("batches")
+    if min(batches) < 1:
+        raise app.UsageError(f"--batches must be >= 1, got {batches}")
     if FLAGS.host_devices:
         jax.config.update("jax_num_cpu_devices", FLAGS.host_devices)
     params = io.load_model("lizard", "growing")
@@ -38,7 +44,7 @@ def main(argv):
     mesh = training.data_mesh()
     n_dev = mesh.devices.size
     fwd = []
-    for b in map(int, FLAGS.batches):
+    for b in batches:
         x0 = jnp.broadcast_to(grown, (b, h, w, growing.CHANNELS))
         if b % n_dev == 0:
             x0 = jax.device_put(x0, training.batch_sharding(mesh))
@@ -98,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
 from benchmarks.common import emit, markdown_table, time_fn
+from experiments.common import run
 from nca_adv import data, io, mnist, perceive, training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
+flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).", lower_bound=1)
 flags.DEFINE_integer("eval_digits", 500, "Digits per evaluation measurement.", lower_bound=2)
 flags.DEFINE_string("model", "mnist", "Model to run (shipped name, .npz, .json).")
 
@@ -125,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

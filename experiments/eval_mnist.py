@@ -6,19 +6,28 @@
 The last line of stdout is one JSON object: cell_accuracy (share of alive cells voting the
 right digit at --steps), total_agreement (share of digits all of whose alive cells do) and,
 with --curve, both per step over 200 steps + a digit swap + 200 more (the article's protocol).
+
+  python -m experiments.eval_mnist --model=mnist --adversary=mnist_adversary \
+      --adversary_fraction=0.1 --steps=600 --inject_at=200 --remove_at=400 --video=out/adv.mp4
+
+adds, over the digits that are not 8: cells_voting_target (share of their alive cells voting
+8), digits_hijacked (share whose majority votes 8) and, with --remove_at, both just before the
+removal and digits_recovered (majority back on the label at --steps).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.common import print_result
-from nca_adv import data, io, mnist, video
+from experiments.common import check_output_file, print_result, run
+from nca_adv import adversaries, adversary_eval, adversary_pictures, data, io, mnist, video
+from nca_adv.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -45,20 +54,106 @@ flags.DEFINE_string(
     "curve_out", None, "With --curve: also write the per-step curve to this JSON file."
 )
 flags.DEFINE_string("video", None, "Write a vote-coloured video of 16 digits to this .mp4 or .gif.")
+flags.DEFINE_string(
+    "adversary",
+    None,
+    "Adversary model spec (as --model): run it on --adversary_fraction of the cells; JSON "
+    "reports how many cells and digits (those that are not 8) it turns into 8s.",
+)
+flags.DEFINE_float(
+    "adversary_fraction",
+    0.1,
+    "With --adversary: share of the grid's cells running it.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.DEFINE_integer(
+    "inject_at", None, "With --adversary: first step the adversaries run (default 0).", lower_bound=0
+)
+flags.DEFINE_integer(
+    "remove_at",
+    None,
+    "With --adversary: the adversaries stop before this step; JSON adds the numbers just "
+    "before it and digits_recovered at --steps.",
+    lower_bound=1,
+)
+flags.DEFINE_bool(
+    "adversary_on_digit",
+    False,
+    "With --adversary: redraw each digit's mask until an adversary sits on the digit "
+    "(the article's 1 percent protocol).",
+)
+
+
+def _check_flags() -> None:
+    """Flag combinations and output paths, before any compute."""
+    if FLAGS.curve_out and not FLAGS.curve:
+        raise app.UsageError("--curve_out needs --curve")
+    if FLAGS.curve and FLAGS.steps > FLAGS.switch_at:
+        raise app.UsageError("--steps must be <= --switch_at with --curve")
+    if FLAGS.curve and FLAGS.num_digits < 2:
+        raise app.UsageError("--curve swaps digits between each other: needs --num_digits >= 2")
+    if FLAGS.curve_out:
+        check_output_file(FLAGS.curve_out, "curve_out")
+    if FLAGS.video:
+        check_output_file(FLAGS.video, "video", video.FORMATS)
+
+
+def _live_digits(images, labels):
+    """Drop digits without a live cell (grey > 0.1): they have no cell to vote, so no
+    accuracy. Returns the kept images and labels and how many were dropped."""
+    live = (images > mnist.ALIVE_THRESHOLD).any(axis=(1, 2))
+    if not live.any():
+        raise UserError(f"none of the {len(images)} digits has a live cell (grey > 0.1)")
+    skipped = int((~live).sum())
+    if skipped:
+        logging.warning("skipping %d digit(s) without a live cell (grey > 0.1)", skipped)
+    return images[live], labels[live], skipped
+
+
+def _progress_log(every_s: float = 10.0):
+    """A ``progress(done, total)`` callback logging digits done, rate and ETA, at most every
+    ``every_s`` seconds and at the end."""
+    start, last = [0.0], [0.0]
+
+    def log(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == 0:
+            start[0] = last[0] = now
+            return
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        rate = done / max(now - start[0], 1e-9)
+        eta = int((total - done) / rate)
+        logging.info(
+            "digits %d/%d (%.0f%%) | %.1f digits/s | ETA %d:%02d:%02d",
+            done,
+            total,
+            100 * done / total,
+            rate,
+            eta // 3600,
+            eta % 3600 // 60,
+            eta % 60,
+        )
+
+    return log
 
 
 def main(argv):
     del argv
+    _check_flags()
     params = io.load_model(FLAGS.model, "mnist")
     splits = data.load_mnist(FLAGS.mnist_dir)
     images = data.to_float(splits.test_images[: FLAGS.num_digits])
     labels = splits.test_labels[: FLAGS.num_digits].astype(np.int32)
+    images, labels, skipped = _live_digits(images, labels)
     key = jax.random.PRNGKey(FLAGS.seed)
     k_run, k_swap = jax.random.split(key)
+    if FLAGS.adversary:
+        return print_result(_adversary_result(params, images, labels, k_run))
 
     total = FLAGS.switch_at * 2 if FLAGS.curve else FLAGS.steps
-    if FLAGS.curve and FLAGS.steps > FLAGS.switch_at:
-        raise app.UsageError("--steps must be <= --switch_at with --curve")
     perm = mnist.swap_partners(k_swap, len(images)) if FLAGS.curve else np.arange(len(images))
     evaluator = mnist.Evaluator(params, FLAGS.batch_size)
     stats = evaluator.run(
@@ -69,17 +164,17 @@ def main(argv):
         switch_at=FLAGS.switch_at if FLAGS.curve else None,
         new_images=images[perm],
         new_labels=labels[perm],
+        progress=_progress_log(),
     )
     cell_acc, agreement = mnist.accuracy_curves(stats)
     result = {
         "model": FLAGS.model,
         "steps": FLAGS.steps,
         "num_digits": len(images),
+        "skipped_empty_digits": skipped,
         "seed": FLAGS.seed,
         "cell_accuracy": float(cell_acc[FLAGS.steps - 1]),
         "total_agreement": float(agreement[FLAGS.steps - 1]),
-        "digits_per_s": evaluator.digits_per_s,
-        "compile_seconds": evaluator.compile_seconds,
     }
     if FLAGS.curve:
         result["switch_at"] = FLAGS.switch_at
@@ -87,7 +182,7 @@ def main(argv):
         result["total_agreement_curve"] = [round(float(v), 5) for v in agreement]
         if FLAGS.curve_out:
             Path(FLAGS.curve_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(FLAGS.curve_out).write_text(json.dumps(result))
+            Path(FLAGS.curve_out).write_text(json.dumps(result))  # no timing: rerun-identical
     if FLAGS.video:
         n = min(16, len(images))
         traj, labs = mnist.trajectory_with_swap(
@@ -115,8 +210,53 @@ def main(argv):
         result["total_agreement"],
         FLAGS.steps,
     )
+    # Timings last and apart, so everything else is byte-identical across reruns.
+    result["timing"] = {
+        "digits_per_s": evaluator.digits_per_s,
+        "compile_seconds": evaluator.compile_seconds,
+    }
     print_result(result)
 
 
+def _adversary_result(params, images, labels, key) -> dict:
+    """--adversary: adversary_eval.mnist_attack on the digits that are not 8."""
+    if FLAGS.curve:
+        raise app.UsageError("--curve does not combine with --adversary")
+    inject_at = FLAGS.inject_at or 0
+    if not inject_at < FLAGS.steps or (
+        FLAGS.remove_at is not None and not inject_at < FLAGS.remove_at <= FLAGS.steps
+    ):
+        raise app.UsageError("need --inject_at < --remove_at <= --steps")
+    adv = adversaries.load_adversary(FLAGS.adversary, "mnist", params)
+    others = labels != adversaries.MNIST_TARGET
+    images, labels = images[others], labels[others]
+    window = (FLAGS.adversary_fraction, FLAGS.steps, inject_at, FLAGS.remove_at)
+    counts = adversary_eval.mnist_attack(
+        params, adv, images, key, *window, FLAGS.adversary_on_digit, FLAGS.batch_size
+    )
+    result = {
+        "model": FLAGS.model,
+        "adversary": FLAGS.adversary,
+        "adversary_fraction": FLAGS.adversary_fraction,
+        "adversary_on_digit": FLAGS.adversary_on_digit,
+        "inject_at": inject_at,
+        "remove_at": FLAGS.remove_at,
+        "steps": FLAGS.steps,
+        "seed": FLAGS.seed,
+        "num_digits": FLAGS.num_digits,
+        "digits_attacked": len(images),
+        **adversary_eval.mnist_attack_summary(counts, labels, FLAGS.steps, FLAGS.remove_at),
+    }
+    if FLAGS.video:
+        n = min(16, len(images))
+        states, masks, present = adversary_eval.mnist_attack_trajectory(
+            params, adv, images[:n], key, *window, FLAGS.adversary_on_digit
+        )
+        frames = adversary_pictures.mnist_frames(states, labels[:n], masks, present, 3, cols=4)
+        result["video"] = str(video.write_video(FLAGS.video, frames, fps=30))
+    logging.info("%.4f of the cells vote 8 at step %d", result["cells_voting_target"], FLAGS.steps)
+    return result
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

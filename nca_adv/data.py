@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.metadata
+import logging
 import os
 import pickle
 import zipfile
@@ -158,8 +159,18 @@ def _load_cached(path: Path) -> MnistSplits:
         with open(tmp, "wb") as f:
             np.savez(f, **out._asdict())
         os.replace(tmp, cache)  # atomic: concurrent readers never see a partial file
-    except OSError:
-        tmp.unlink(missing_ok=True)  # unwritable cache only costs speed, not correctness
+    except OSError as e:
+        # An unwritable cache (read-only, or its path runs through a file) only costs speed.
+        logging.getLogger(__name__).warning(
+            "MNIST cache %s not written (%s); loading without a cache (set NCA_ADV_CACHE to "
+            "a writable folder to speed up the next start)",
+            cache,
+            e,
+        )
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return out
 
 

@@ -17,7 +17,7 @@ import optax
 
 from nca_adv.masks import alive_mask, circle_damage_masks, fire_mask
 from nca_adv.perceive import sobel_perceive
-from nca_adv.rollout import scan_steps
+from nca_adv.rollout import scan_steps, scan_variable_steps
 from nca_adv.update import GrowingUpdate, init_params
 
 CHANNELS = 16
@@ -155,17 +155,9 @@ def variable_rollout(
     CPU/GPU), so one compilation serves every step count at the cost of the steps taken.
     """
 
-    def body(x, i):
-        k = jax.random.fold_in(key, i)
-        x = jax.lax.cond(
-            i < n_steps, lambda x: growing_step(params, x, k, fire_rate, perceive), lambda x: x, x
-        )
-        return x, None
-
-    if remat:
-        body = jax.checkpoint(body)
-    xT, _ = jax.lax.scan(body, x0, jnp.arange(max_steps))
-    return xT
+    return scan_variable_steps(
+        lambda x, k: growing_step(params, x, k, fire_rate, perceive), x0, key, n_steps, max_steps, remat
+    )
 
 
 def growing_loss(x: jax.Array, target: jax.Array) -> jax.Array:

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging as std_logging
 import os
 import re
+import sys
+import zipfile
 from importlib import resources
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from nca_adv.errors import UserError
 
 KINDS = ("growing", "mnist")
 
@@ -44,7 +49,7 @@ _LAYOUT = {
 }
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(UserError):
     """A weights file that is not what it claims to be."""
 
 
@@ -91,14 +96,29 @@ def save_params(path: str | os.PathLike, params: dict, kind: str) -> None:
     os.replace(tmp, path)
 
 
+def _layout_kind(keys) -> str | None:
+    """The kind whose file layout ``keys`` hold, if any."""
+    found = [k for k, layout in _LAYOUT.items() if set(layout) <= set(keys)]
+    return found[0] if len(found) == 1 else None
+
+
 def load_npz(path: str | os.PathLike, kind: str) -> dict:
-    """A ``.npz`` weights file -> flax params of ``kind``."""
+    """A ``.npz`` weights file -> flax params of ``kind``. Never unpickles: a file that is
+    not a zip of plain arrays is refused."""
+    if Path(path).is_dir():
+        raise ModelFormatError(f"{path} is a directory, not a .npz weights file")
+    # np.load reads a non-zip file as .npy or pickle; its error then talks about trusting
+    # pickles, which is the wrong advice for a file that is simply not a weights file.
+    if not zipfile.is_zipfile(path):
+        raise ModelFormatError(f"{path} is not a weights file (not a readable .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:
-        raise ModelFormatError(f"{path} is not a readable .npz weights file: {e}") from e
-    file_kind = str(arrays.pop("kind", kind))
+        raise ModelFormatError(
+            f"{path} is not a weights file (not a readable .npz archive of plain arrays: {e})"
+        ) from e
+    file_kind = str(arrays.pop("kind", None) or _layout_kind(arrays) or kind)
     if file_kind != kind:
         raise ModelFormatError(f"{path} holds a {file_kind} model, expected {kind}")
     return params_from_arrays(arrays, kind, str(path))
@@ -141,8 +161,11 @@ def load_tfjs(path: str | os.PathLike, kind: str) -> dict:
     keys = list(_LAYOUT[kind])
     if len(weights) != len(keys):
         shapes = [w.shape for w in weights]
+        other = [k for k in KINDS if k != kind and len(_LAYOUT[k]) == len(weights)]
+        held = f"it holds a {other[0]} model, expected {kind}: " if other else ""
         raise ModelFormatError(
-            f"{path}: found {len(weights)} trainable tensors {shapes}, a {kind} model has {len(keys)}"
+            f"{path}: {held}found {len(weights)} trainable tensors {shapes}, a {kind} model "
+            f"has {len(keys)}"
         )
     return params_from_arrays(dict(zip(keys, weights)), kind, str(path))
 
@@ -168,29 +191,145 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(name)
 
 
+def _params_kind(params: object) -> str | None:
+    """The kind of a flax params tree, told by its layers' shapes (None: neither)."""
+    if not isinstance(params, dict):
+        return None
+    if "perceive_kernel" in params:
+        return "mnist"
+    dense1 = params.get("dense1")
+    kernel = dense1.get("kernel") if isinstance(dense1, dict) else None
+    if kernel is not None and tuple(np.shape(kernel))[-2:] == _LAYOUT["growing"]["w1"][2]:
+        return "growing"
+    return None
+
+
+_FAILED_READS: list[str] = []  # checkpoints this process failed to read (and said so)
+
+
+def _orbax_leftover(unraisable) -> bool:
+    """An unraisable report from inside orbax after a read of ours failed: the same failure
+    again, from an in-flight read nobody waits for any more."""
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """Drop Python's "unraisable" reports of ``RuntimeError('Event loop is closed')``, and
+    orbax's once a checkpoint read has failed.
+
+    When orbax fails to read a corrupt checkpoint it closes its private event loop while
+    tensorstore reads are still in flight; their completion callbacks then report that
+    error (or the read error itself, when garbage-collected) as unraisable tracebacks, at
+    random, after ours. They carry nothing beyond the error raised here; every other
+    unraisable report still goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "nca_adv_quiet_loop", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        if _FAILED_READS and _orbax_leftover(unraisable):
+            return
+        previous(unraisable)
+
+    hook.nca_adv_quiet_loop = True
+    sys.unraisablehook = hook
+
+
+def _first_line(e: BaseException) -> str:
+    """The gist of a library error: its first line, without tensorstore's repr tail."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].split(" See full TensorStore details")[0] if lines else ""
+    return f"{type(e).__name__}: {text[:300]}"
+
+
 def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
     """Params from a training workdir, its ``checkpoints`` folder, or one step folder."""
     import orbax.checkpoint as ocp
 
-    path = _checkpoint_dir(path)
+    _check_kind(kind)
+    given, path = Path(path), _checkpoint_dir(path)
     item = path / "default"
     if not item.is_dir():
-        raise ModelFormatError(f"{path} is not a project checkpoint (no {item.name}/ inside)")
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        tree = checkpointer.metadata(item).item_metadata.tree
-        # Restore onto one local device whatever mesh the run was saved from.
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+        if (given / "checkpoints").is_dir():
+            raise ModelFormatError(f"{given} holds no checkpoint (its checkpoints/ is empty)")
+        raise ModelFormatError(
+            f"{given} is neither a training workdir (no checkpoints/ inside) nor a checkpoint "
+            "(no default/ inside)"
         )
-        state = checkpointer.restore(item, abstract)
-    except Exception as e:
-        raise ModelFormatError(f"checkpoint {path} cannot be read (corrupt?): {e}") from e
+    _ignore_closed_loop_callbacks()
+    # orbax logs dozens of INFO lines per read, and warnings before our own error on a
+    # corrupt one; the error raised below says what is wrong.
+    quiet = {"absl": std_logging.ERROR, "asyncio": std_logging.CRITICAL}
+    levels = {name: std_logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        std_logging.getLogger(name).setLevel(level)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(item).item_metadata
+            if metadata is None:
+                raise ModelFormatError(
+                    f"checkpoint {path} cannot be read: its metadata is missing or corrupt"
+                )
+            # Restore onto one local device whatever mesh the run was saved from.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata.tree
+            )
+            state = checkpointer.restore(item, abstract)
+    except ModelFormatError:
+        _FAILED_READS.append(str(path))
+        raise
+    except Exception as e:  # orbax raises many types; one line, the cause kept
+        _FAILED_READS.append(str(path))
+        raise ModelFormatError(
+            f"checkpoint {path} cannot be read (corrupt or incomplete): {_first_line(e)}"
+        ) from e
+    finally:
+        for name, level in levels.items():
+            std_logging.getLogger(name).setLevel(level)
     if not isinstance(state, dict) or "params" not in state:
         raise ModelFormatError(f"checkpoint {path} holds no 'params'")
+    hash_file = path.parent / f"{path.name}.sha256"  # written beside it by training.Checkpointer
+    if hash_file.is_file():
+        from nca_adv.training import content_hash
+
+        if hash_file.read_text().strip() != content_hash(state):
+            raise ModelFormatError(
+                f"checkpoint {path} cannot be read: its content hash does not match the one "
+                "written with it (corrupt data)"
+            )
     params = jax.tree.map(np.asarray, state["params"])
-    return params_from_arrays(arrays_from_params(params, kind), kind, str(path))
+    found = _params_kind(params)
+    if found is not None and found != kind:
+        raise ModelFormatError(f"checkpoint {path} holds a {found} model, expected {kind}")
+    try:
+        arrays = arrays_from_params(params, kind)
+    except (KeyError, TypeError) as e:
+        raise ModelFormatError(f"checkpoint {path} holds no {kind} model parameters") from e
+    return params_from_arrays(_one_run(arrays, kind, path), kind, str(path))
+
+
+def _one_run(arrays: dict[str, np.ndarray], kind: str, path: Path) -> dict[str, np.ndarray]:
+    """The training engine stacks runs on a leading axis: take the only run."""
+    key, (_, _, shape) = next(iter(_LAYOUT[kind].items()))
+    if arrays[key].ndim != len(shape) + 1:
+        return arrays
+    runs = arrays[key].shape[0]
+    if runs != 1:
+        raise ModelFormatError(
+            f"checkpoint {path} holds {runs} runs (a sweep); give one run's folder "
+            "(run_<name>/, with its params.npz)"
+        )
+    return {k: a[0] for k, a in arrays.items()}
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -217,6 +356,8 @@ def load_model(spec: str, kind: str) -> dict:
     if path.suffix == ".json":
         return load_tfjs(path, kind)
     if path.is_dir():
+        if not (path / "checkpoints").is_dir() and (path / "params.npz").is_file():
+            return load_npz(path / "params.npz", kind)  # one run's folder of a sweep
         return load_checkpoint_params(path, kind)
     raise ModelFormatError(
         f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)"

@@ -369,10 +369,13 @@ def _check_swap_inputs(images, labels, switch_at, new_images, new_labels):
 
 def accuracy_curves(stats: DigitStats) -> tuple[np.ndarray, np.ndarray]:
     """(steps, N) counts -> per-step cell accuracy (correct alive cells / alive cells, over
-    all digits) and total agreement (share of digits whose alive cells all vote right)."""
+    all digits) and total agreement (share of digits whose alive cells all vote right).
+    A digit without alive cells has no vote: it counts for neither (not as agreeing)."""
     alive_n = np.asarray(stats.alive, np.float64)
     correct = np.asarray(stats.correct, np.float64)
-    return correct.sum(1) / alive_n.sum(1), (correct == alive_n).mean(1)
+    voting = alive_n > 0
+    agree = ((correct == alive_n) & voting).sum(1) / np.maximum(voting.sum(1), 1)
+    return correct.sum(1) / np.maximum(alive_n.sum(1), 1), agree
 
 
 class Evaluator:
@@ -387,10 +390,22 @@ class Evaluator:
         self.digits_per_s: float | None = None
         self.compile_seconds: float | None = None
 
-    def run(self, images, labels, key, steps, switch_at=None, new_images=None, new_labels=None):
+    def run(
+        self,
+        images,
+        labels,
+        key,
+        steps,
+        switch_at=None,
+        new_images=None,
+        new_labels=None,
+        progress=None,
+    ):
         """Per-step, per-digit :class:`DigitStats` as numpy (steps, N), in input order.
 
         Results do not depend on ``batch_size`` (digit i draws from ``fold_in(., i)``).
+        ``progress(done, total)``, if given, is called with digit counts once compiled
+        (``done`` 0) and after each batch.
         """
         images, labels, new_images, new_labels = _check_swap_inputs(
             images, labels, switch_at, new_images, new_labels
@@ -413,9 +428,13 @@ class Evaluator:
                 ).compile()
         t1 = time.perf_counter()
         out = []
+        if progress is not None:
+            progress(0, n)
         for m, k, arrays in batches:
             stats = compiled[k](self.params, *arrays[:3], key, arrays[3], arrays[4])
             out.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:, :m], stats))
+            if progress is not None:
+                progress(sum(len(part.alive[0]) for part in out), n)
         self.compile_seconds = t1 - t0
         self.digits_per_s = n / (time.perf_counter() - t1)
         inverse = np.argsort(order)

@@ -67,10 +67,20 @@ class HtmlReport:
             "</figcaption></figure>"
         )
 
-    def video(self, path: str | os.PathLike, caption: str, width: int | None = None) -> None:
+    def video(
+        self,
+        path: str | os.PathLike,
+        caption: str,
+        width: int | None = None,
+        poster: str | os.PathLike | None = None,
+    ) -> None:
+        """A looping, muted video. With a ``poster`` (an image, e.g. from
+        :func:`nca_adv.video.save_poster`) the page shows it until the reader presses play
+        (a video's first frame is often blank); without one the video plays at once."""
         w = f' width="{width}"' if width else ""
+        w += f' poster="{self._rel(poster)}" preload="metadata"' if poster else " autoplay"
         self._parts.append(
-            f'<figure><video src="{self._rel(path)}"{w} controls loop autoplay muted></video>'
+            f'<figure><video src="{self._rel(path)}"{w} controls loop muted></video>'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
@@ -87,7 +97,9 @@ class HtmlReport:
             "body{font-family:sans-serif;max-width:980px;margin:2em auto;line-height:1.4}"
             "figure{display:inline-block;margin:0.5em}figcaption{font-size:0.85em;color:#444}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
-            "img,video{image-rendering:pixelated}"
+            # Pictures never overflow the page: scaled down to its width, aspect kept.
+            "figure{max-width:100%;vertical-align:top}img,video{max-width:100%;height:auto;"
+            "image-rendering:pixelated}"
         )
         doc = (
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}"

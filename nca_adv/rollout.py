@@ -31,3 +31,40 @@ def scan_steps(
         body = jax.checkpoint(body)
     x_final, states = jax.lax.scan(body, x0, jnp.arange(steps))
     return states if trajectory else x_final
+
+
+def scan_variable_steps(
+    step: Callable[[jax.Array, jax.Array], jax.Array],
+    x0: jax.Array,
+    key: jax.Array,
+    n_steps: jax.Array,
+    max_steps: int,
+    remat: bool = True,
+    min_steps: int = 0,
+) -> jax.Array:
+    """Iterate ``step`` a traced number ``min_steps <= n_steps <= max_steps`` of times in
+    one compiled program.
+
+    The first ``min_steps`` steps always run (a plain scan); the rest are skipped past
+    ``n_steps`` by ``lax.cond``: only the taken branch runs on CPU and GPU, so one
+    compilation serves every step count at the cost of the steps taken, and only the
+    optional steps pay for a predicate. (Under ``vmap`` with a batched ``n_steps`` the cond
+    becomes a select and every run pays ``max_steps``: the price of a sweep's runs drawing
+    their own step counts.) Step i draws ``fold_in(key, i)`` as :func:`scan_steps` does,
+    so both forms agree step for step.
+    """
+    if not 0 <= min_steps <= max_steps:
+        raise ValueError(f"need 0 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+
+    def always(x, i):
+        return step(x, jax.random.fold_in(key, i)), None
+
+    def maybe(x, i):
+        k = jax.random.fold_in(key, i)
+        return jax.lax.cond(i < n_steps, lambda x: step(x, k), lambda x: x, x), None
+
+    if remat:
+        always, maybe = jax.checkpoint(always), jax.checkpoint(maybe)
+    x, _ = jax.lax.scan(always, x0, jnp.arange(min_steps))
+    x, _ = jax.lax.scan(maybe, x, jnp.arange(min_steps, max_steps))
+    return x

@@ -9,13 +9,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nca_adv.errors import UserError
+
 TARGET_SIZE = 40
 TARGET_PADDING = 16
+ALIVE_ALPHA = 0.1  # the Growing CA's alive threshold
+MIN_TARGET_CELLS = 3
 
 # Shipped targets: name -> file in nca_adv/assets/targets. The lizard is U+1F98E rendered
 # from Debian's Noto Color Emoji at 109 px (Pillow, embedded_color=True), centred on a
-# 128x128 transparent canvas; see BUILD_NOTES.md.
-SHIPPED_TARGETS = {"lizard": "lizard.png"}
+# 128x128 transparent canvas; see BUILD_NOTES.md. The six edited lizards of the adversarial
+# article (no tail, no hind legs, no fore legs, no head, red, blue) are made from it by
+# experiments/make_targets.py (regions and hues in code).
+SHIPPED_TARGETS = {
+    "lizard": "lizard.png",
+    **{
+        f"lizard_{edit}": f"lizard_{edit}.png"
+        for edit in ("no_tail", "no_leg", "no_arm", "no_head", "red", "blue")
+    },
+}
 
 
 def shipped_target_path(name: str) -> Path:
@@ -27,6 +39,8 @@ def shipped_target_path(name: str) -> Path:
 def load_rgba(path: str | os.PathLike) -> Image.Image:
     """Open a PNG that has an alpha channel; clear errors for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"target image {path} is a directory, not a PNG file")
     if not path.is_file():
         raise FileNotFoundError(f"target image {path} does not exist")
     try:
@@ -65,4 +79,22 @@ def load_target(
             f"unknown target {name_or_path!r}: give a shipped name {sorted(SHIPPED_TARGETS)} "
             "or a path to an RGBA .png"
         )
-    return preprocess_target(load_rgba(path), size, padding)
+    target = preprocess_target(load_rgba(path), size, padding)
+    check_target(target, str(path))
+    return target
+
+
+def check_target(target: np.ndarray, source: str = "target") -> None:
+    """Refuse a target whose visible part (alpha > 0.1, the CA's alive threshold) is empty
+    or smaller than ``MIN_TARGET_CELLS`` cells either way: every loss against it would be
+    meaningless."""
+    visible = np.asarray(target)[..., 3] > ALIVE_ALPHA
+    if not visible.any():
+        raise UserError(f"target {source} is empty: no pixel is visible (alpha > {ALIVE_ALPHA})")
+    rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if min(h, w) < MIN_TARGET_CELLS:
+        raise UserError(
+            f"target {source} is too small: its visible part is {h}x{w} cells after resizing, "
+            f"at least {MIN_TARGET_CELLS}x{MIN_TARGET_CELLS} are needed"
+        )

@@ -3,11 +3,12 @@ metrics file, progress with ETA, and the resumable loop that ties them together.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging as std_logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back (missing, corrupt, or of another model)."""
 
 
+def content_hash(tree: Any) -> str:
+    """sha256 over every leaf's dtype, shape and bytes: catches silent bit flips."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
 class Checkpointer:
-    """Atomic, step-numbered checkpoints of one pytree (orbax ``CheckpointManager``).
+    """Atomic, step-numbered checkpoints of one pytree (orbax ``CheckpointManager``), each
+    with a content hash beside it (``checkpoints/<step>.sha256``).
 
     Orbax writes each step into a temporary directory and renames it when complete, so a
-    kill mid-save leaves the previous checkpoint intact.
+    kill mid-save leaves the previous checkpoint intact. Restoring tries the latest step,
+    then falls back to older kept ones, saying why.
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
@@ -96,28 +114,71 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
 
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def incomplete_saves(self) -> list[str]:
+        return sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*"))
+
+    def _hash_file(self, step: int) -> Path:
+        return self.directory / f"{step}.sha256"
 
     def save(self, step: int, state: Any) -> None:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
+        self._hash_file(step).write_text(content_hash(state) + "\n")
+        kept = set(self.steps())
+        for f in self.directory.glob("*.sha256"):
+            if f.stem.isdigit() and int(f.stem) not in kept:
+                f.unlink()
 
-    def restore(self, like: Any, step: int | None = None) -> tuple[int, Any]:
-        """Restore ``step`` (default: latest) into the structure, shapes and dtypes of ``like``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+    def restore_step(self, like: Any, step: int) -> Any:
+        """Restore ``step`` into the structure, shapes, dtypes and shardings of ``like``."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        asyncio_log = std_logging.getLogger("asyncio")
+        level = asyncio_log.level
+        asyncio_log.setLevel(std_logging.CRITICAL)  # orbax's failed reads spill asyncio noise
         try:
             state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # orbax raises many types; name the file, keep the cause
+        except Exception as e:  # orbax raises many types; one line, the cause kept
             raise CheckpointError(
                 f"checkpoint {self.directory}/{step} cannot be restored (corrupt, or of a "
-                f"different model/config): {type(e).__name__}: {e}"
+                f"different model/config): {_first_line(e)}"
             ) from e
+        finally:
+            asyncio_log.setLevel(level)
         _assert_same_structure(like, state, self.directory / str(step))
-        return step, state
+        hash_file = self._hash_file(step)
+        if hash_file.is_file() and hash_file.read_text().strip() != content_hash(state):
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} cannot be restored: its content hash does "
+                "not match the one written with it (corrupt data)"
+            )
+        return state
+
+    def restore(self, like: Any) -> tuple[int, Any]:
+        """The latest restorable step and its state; older kept steps are tried in turn when
+        the latest is corrupt (each failure logged in one line)."""
+        steps = self.steps()
+        if not steps:
+            tmp = self.incomplete_saves()
+            extra = f" (only incomplete saves: {', '.join(tmp)})" if tmp else ""
+            raise CheckpointError(f"no checkpoint in {self.directory}{extra}")
+        errors = []
+        for step in reversed(steps):
+            try:
+                state = self.restore_step(like, step)
+            except CheckpointError as e:
+                errors.append(str(e))
+                logging.warning("%s", e)
+                continue
+            if errors:
+                logging.warning("fell back to the previous checkpoint, iteration %d", step)
+            return step, state
+        raise CheckpointError(f"no restorable checkpoint in {self.directory}: {'; '.join(errors)}")
 
     def close(self) -> None:
         self._manager.close()
@@ -129,33 +190,60 @@ def _assert_same_structure(like: Any, state: Any, where: Path) -> None:
             raise CheckpointError(
                 f"checkpoint {where} holds shape {np.shape(b)}, expected {np.shape(a)}"
             )
-        if not np.all(np.isfinite(np.asarray(b))) and np.issubdtype(
-            np.asarray(b).dtype, np.floating
-        ):
+        b = np.asarray(b)
+        if np.issubdtype(b.dtype, np.floating) and not np.all(np.isfinite(b)):
             raise CheckpointError(f"checkpoint {where} holds non-finite values")
 
 
 # ----------------------------------------------------------------------------- metrics
 class MetricsWriter:
-    """One JSON object per line (``metrics.jsonl``); on resume, lines past the restored
-    iteration are dropped so the file matches the state exactly."""
+    """One JSON object per line (``metrics.jsonl``).
+
+    On resume, records past the restored iteration are dropped so the file matches the
+    state exactly; unreadable lines are dropped one by one (not everything after them) and
+    iterations missing before the restored one are reported. Rewrites are atomic.
+    """
 
     def __init__(self, path: str | os.PathLike, resume_from: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
         if resume_from is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line)["iteration"] <= resume_from:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError):
-                    break  # a torn last line from a kill
-        self.path.write_text("".join(k + "\n" for k in kept))
+            kept = self._kept_lines(resume_from)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, self.path)
         self._file = self.path.open("a")
+
+    def _kept_lines(self, resume_from: int) -> list[str]:
+        kept, seen, bad = [], set(), []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                it = int(json.loads(line)["iteration"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if line.strip():
+                    bad.append(n)
+                continue
+            if it <= resume_from and it not in seen:
+                kept.append(line)
+                seen.add(it)
+        if bad:
+            logging.warning("%s: dropped %d unreadable line(s): %s", self.path, len(bad), bad[:10])
+        missing = sorted(set(range(1, resume_from + 1)) - seen)
+        if missing:
+            logging.warning(
+                "%s: %d iteration(s) up to %d have no metrics record (first missing: %s)",
+                self.path,
+                len(missing),
+                resume_from,
+                missing[:10],
+            )
+        return sorted(kept, key=lambda line: json.loads(line)["iteration"])
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
@@ -163,28 +251,83 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """All records of a metrics file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All readable records of a metrics file (unreadable lines skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+# ----------------------------------------------------------------------------- workdir
+class WorkdirLock:
+    """An exclusive ``flock`` on ``workdir/.lock``: two trainers never share a workdir."""
+
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.path = workdir / ".lock"
+        self._file = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise CheckpointError(
+                f"{workdir} is in use by another trainer (pid {holder}); wait for it or "
+                "choose another --workdir"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def check_config(workdir: Path, config: dict, resume: bool) -> None:
+    """Save the run's configuration as ``workdir/config.json``; on resume, refuse one that
+    differs, naming the differing settings."""
+    path = workdir / "config.json"
+    config = json.loads(json.dumps(config))  # tuples -> lists, as stored
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        diff = [
+            f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
+            for k in sorted(set(saved) | set(config))
+            if saved.get(k) != config.get(k)
+        ]
+        if diff:
+            raise CheckpointError(
+                f"--resume with a configuration that differs from the run in {workdir}: "
+                + "; ".join(diff)
+            )
+        return
+    path.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- progress
 class Progress:
-    """Logs iteration, chosen metrics, rate and ETA every ``every`` iterations."""
+    """Logs iteration, chosen metrics, rate and ETA."""
 
-    def __init__(self, start: int, total: int, every: int = 10):
-        self.start, self.total, self.every = start, total, every
+    def __init__(self, start: int, total: int):
+        self.start, self.total = start, total
         self._t0 = time.perf_counter()
 
     def update(self, iteration: int, metrics: dict) -> None:
         done = iteration - self.start
-        if done <= 0 or (iteration % self.every and iteration != self.total):
+        if done <= 0:
             return
         elapsed = time.perf_counter() - self._t0
         rate = done / elapsed
         eta = (self.total - iteration) / rate if rate > 0 else float("inf")
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         logging.info(
-            "iter %d/%d %s | %.3f it/s | %.2f s/it | ETA %s",
+            "iter %d/%d %s | %.3f it/s | %.3f s/it | ETA %s",
             iteration,
             self.total,
             shown,
@@ -199,54 +342,3 @@ def _hms(seconds: float) -> str:
         return "?"
     s = int(seconds)
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-# ----------------------------------------------------------------------------- the loop
-def train_loop(
-    state: Any,
-    iteration_fn: Callable[[Any, int], tuple[Any, dict]],
-    num_iterations: int,
-    workdir: str | os.PathLike,
-    checkpoint_every: int = 50,
-    resume: bool = False,
-    log_every: int = 10,
-) -> Any:
-    """Run ``iteration_fn(state, i) -> (state, metrics)`` for i = start+1 .. num_iterations.
-
-    ``state`` is a pytree holding everything that evolves (parameters, optimiser state,
-    pool, PRNG key) so that a checkpoint of it resumes bit-for-bit. With ``resume`` the
-    latest checkpoint in ``workdir/checkpoints`` is restored; a kill loses only the
-    iterations since that checkpoint. Metrics go to ``workdir/metrics.jsonl``.
-    """
-    workdir = Path(workdir)
-    ckpt = Checkpointer(workdir / "checkpoints")
-    start = 0
-    if resume and ckpt.latest_step() is not None:
-        if ckpt.latest_step() > num_iterations:
-            raise CheckpointError(
-                f"{ckpt.directory} is at iteration {ckpt.latest_step()}, past the requested "
-                f"{num_iterations}; ask for more iterations"
-            )
-        start, state = ckpt.restore(state)
-        logging.info("resumed from iteration %d (%s)", start, ckpt.directory)
-    elif not resume and ckpt.latest_step() is not None:
-        raise CheckpointError(
-            f"{ckpt.directory} already holds checkpoints; pass --resume to continue "
-            "or choose another --workdir"
-        )
-    metrics_out = MetricsWriter(workdir / "metrics.jsonl", resume_from=start)
-    progress = Progress(start, num_iterations, log_every)
-    try:
-        for i in range(start + 1, num_iterations + 1):
-            state, metrics = iteration_fn(state, i)
-            record = {"iteration": i, **{k: float(v) for k, v in metrics.items()}}
-            if not np.isfinite(record.get("loss", 0.0)):
-                raise FloatingPointError(f"loss became {record['loss']} at iteration {i}")
-            metrics_out.write(record)
-            progress.update(i, record)
-            if i % checkpoint_every == 0 or i == num_iterations:
-                ckpt.save(i, state)
-    finally:
-        metrics_out.close()
-        ckpt.close()
-    return state

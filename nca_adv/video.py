@@ -25,6 +25,7 @@ CLASS_COLOURS = np.array(
     ],
     np.uint8,
 )
+FORMATS = (".mp4", ".gif")  # what write_video writes
 WRONG_BACKGROUND = np.array([255, 200, 200], np.uint8)
 RIGHT_BACKGROUND = np.array([255, 255, 255], np.uint8)
 
@@ -82,6 +83,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> P
         # H.264 wants even sides; pad with white rather than rescale.
         h, w = frames.shape[1:3]
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+        # Without this imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp, which makes
+        # subprocess fork() the (multithreaded) JAX process and JAX warn of a deadlock at
+        # every write. Unset, subprocess uses vfork/posix_spawn and runs no Python in the
+        # child; the only loss is that Ctrl-C also reaches ffmpeg, which we abort anyway.
+        os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
         imageio.v2.mimwrite(path, list(frames), fps=fps, codec="libx264", macro_block_size=1)
     elif suffix == ".gif":
         imgs = [Image.fromarray(f) for f in frames]
@@ -91,9 +97,31 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> P
     return path
 
 
+def save_poster(video_path: str | os.PathLike, frames: np.ndarray, index: int = -1) -> Path:
+    """Write frame ``index`` of a video's (T, H, W, 3) uint8 ``frames`` beside it as
+    ``<name>_poster.png``: the picture shown before the video plays."""
+    video_path = Path(video_path)
+    return save_image(video_path.with_name(f"{video_path.stem}_poster.png"), frames[index])
+
+
 def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     """Write an (H, W, 3|4) uint8 image as PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(img)).save(path)
     return path
+
+
+MARK_COLOUR = np.array([255, 0, 255], np.uint8)
+
+
+def mark_cells(
+    frames: np.ndarray, cells: np.ndarray, zoom: int, colour: np.ndarray = MARK_COLOUR
+) -> np.ndarray:
+    """Paint a dot in the centre of each marked cell of frames (..., H*zoom, W*zoom, 3)
+    zoomed by ``zoom``; ``cells`` (..., H, W) bool broadcasts against the frames' cells."""
+    dot = np.zeros((zoom, zoom), bool)
+    lo, hi = zoom // 4, max(zoom // 4 + 1, zoom - zoom // 4)
+    dot[lo:hi, lo:hi] = True
+    spots = np.kron(np.asarray(cells, bool), dot).astype(bool)
+    return np.where(spots[..., None], np.asarray(colour, np.uint8), frames).astype(np.uint8)

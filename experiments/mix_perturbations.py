@@ -1,0 +1,94 @@
+"""Any mix of global state perturbations on a Growing CA: video and numbers (the article's
+playground as a command).
+
+  python -m experiments.mix_perturbations tail=0.5 leg=0.5 --video=x.mp4
+  python -m experiments.mix_perturbations tail leg=1 --schedule=on:0-500,off:500-1000,on:1000- \
+      --steps=1500 --video=tail_leg.mp4
+
+Each positional term is NAME=K or NAME (K = 1), NAME a shipped perturbation or a .npy
+path; the matrix is sum_i K_i A_i + (1 - sum_i K_i) I. The last stdout line is JSON: per
+phase, the loss to --original_target (and to --target when given), the living cells
+relative to the unperturbed runs and the vertical drift of the centre of mass (rows,
+positive = down), each as a mean and per run.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments import cli
+from experiments.common import print_result
+from nca_adv import io, perturbation, perturbation_eval, targets, video
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "lizard", "The CA: shipped name, .npz, TF.js .json or a workdir.")
+flags.DEFINE_string("target", None, "Optional mutated target (name or RGBA PNG): adds its loss.")
+flags.DEFINE_string("original_target", "lizard", "The unmodified target (name or RGBA PNG).")
+flags.DEFINE_integer("padding", targets.TARGET_PADDING, "Empty border around the 40x40 target.")
+flags.DEFINE_integer("steps", 200, "CA steps.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "PRNG seed.")
+flags.DEFINE_integer("runs", 1, "Independent runs (one key each).", lower_bound=1)
+flags.DEFINE_string(
+    "schedule", None, "Phases such as on:0-500,off:500-1000,on:1000- (default: on throughout)."
+)
+flags.DEFINE_enum(
+    "x0", "seed", ["seed", "grown"], "Start from the seed or a lizard grown --grow_first steps."
+)
+flags.DEFINE_integer("grow_first", 200, "With --x0=grown: base-only steps first.", lower_bound=0)
+flags.DEFINE_string("video", None, "Write the first run as .mp4 or .gif.")
+flags.DEFINE_integer("zoom", 4, "Video upscaling factor.", lower_bound=1)
+
+
+def main(argv):
+    terms = argv[1:]
+    if not terms:
+        raise app.UsageError("give the mix as terms, e.g. tail=0.5 leg=0.5")
+    if FLAGS.video:
+        cli.check_output_file(FLAGS.video, "video", video.FORMATS)
+    spec = ",".join(terms)
+    a = perturbation.load_perturbation(spec)
+    phases = perturbation.parse_phases(FLAGS.schedule, FLAGS.steps)
+    params = io.load_model(FLAGS.model, "growing")
+    named = {"original": targets.load_target(FLAGS.original_target, padding=FLAGS.padding)}
+    if FLAGS.target:
+        named["target"] = targets.load_target(FLAGS.target, padding=FLAGS.padding)
+        if named["target"].shape != named["original"].shape:
+            raise app.UsageError("--target and --original_target differ in size")
+    h, w = named["original"].shape[:2]
+    k_grow, k_run = jax.random.split(jax.random.PRNGKey(FLAGS.seed))
+    grow = FLAGS.grow_first if FLAGS.x0 == "grown" else 0
+    x0 = perturbation_eval.grow(params, h, w, jax.random.split(k_grow, FLAGS.runs), grow)
+    keys = jax.random.split(k_run, FLAGS.runs)
+    runs = perturbation_eval.run_phases(params, a, x0, keys, phases)
+    # The same runs unperturbed (same keys), for the relative measures.
+    base = perturbation_eval.run_phases(params, a, x0, keys, [(False, s, e) for _, s, e in phases])
+    result = {
+        "mix": perturbation.parse_mix_terms(spec),
+        "model": FLAGS.model,
+        "steps": FLAGS.steps,
+        "seed": FLAGS.seed,
+        "runs": FLAGS.runs,
+        "x0": FLAGS.x0,
+        "matrix_eigenvalues": [float(v) for v in np.linalg.eigvalsh(a.astype(np.float64))[[0, -1]]],
+        "phases": [
+            {
+                "on": r.on,
+                "start": r.start,
+                "end": r.end,
+                **perturbation_eval.measures(r.state, b.state, named),
+            }
+            for r, b in zip(runs, base)
+        ],
+    }
+    if FLAGS.video:
+        on = perturbation.parse_schedule(FLAGS.schedule, FLAGS.steps)
+        rgba = perturbation_eval.perturbed_rollout(params, a, x0[0], keys[0], on, "rgba")
+        frames = perturbation_eval.schedule_frames(np.asarray(rgba), on, FLAGS.zoom)
+        result["video"] = str(video.write_video(FLAGS.video, frames))
+    print_result(result)
+
+
+if __name__ == "__main__":
+    cli.run(main, positional_args=True)

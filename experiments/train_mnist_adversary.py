@@ -1,0 +1,44 @@
+"""Train adversarial cells that make a frozen Self-classifying MNIST CA vote one digit
+(default 8) whatever the digit is (Randazzo et al. 2021).
+
+python -m experiments.train_mnist_adversary --workdir=runs/mnist_adv --iterations=2000
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from experiments import common
+from nca_adv import jobs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "base", "mnist", "The frozen base CA: shipped name, .npz, TF.js .json or a workdir."
+)
+flags.DEFINE_list(
+    "adversary_fraction", ["0.1"], "Share p of adversary cells, in [0, 1]; comma-separated."
+)
+flags.DEFINE_integer("target_class", 8, "The digit every cell is pushed to vote.")
+common.define_training_flags(iterations=2000, checkpoint_every=250, chunk=50)
+common.define_mnist_recipe_flags()
+common.define_device_flags()
+
+
+def main(argv):
+    del argv
+    common.configure_devices()
+    config = common.mnist_config_from_flags()
+    job = jobs.mnist_adversary_job(
+        FLAGS.base,
+        FLAGS.mnist_dir,
+        common.float_list("adversary_fraction"),
+        common.int_list("seeds"),
+        config,
+        FLAGS.step_form,
+        FLAGS.target_class,
+    )
+    common.train_job(job)
+
+
+if __name__ == "__main__":
+    common.run(main)

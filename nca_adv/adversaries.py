@@ -1,0 +1,180 @@
+"""Adversarial cells (Randazzo et al., Distill 2021): a second CA of the same architecture
+runs in a few cells of the grid and reprograms the collective.
+
+The attack is a step transform, :func:`with_adversaries`; the masks say where the
+adversaries sit (:func:`mnist_adversary_masks`, :func:`growing_adversary_masks`);
+:func:`check_compatible` / :func:`load_adversary` pair a base with an adversary. The
+evaluations are in :mod:`nca_adv.adversary_eval`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nca_adv import io, mnist
+from nca_adv.masks import ALPHA_CHANNEL
+
+Step = Callable[[jax.Array, jax.Array], jax.Array]
+
+MNIST_TARGET = 8  # the article's MNIST adversaries make every digit an 8
+TARGET_ALPHA = 0.1  # growing adversaries sit where the mutated target has alpha >= 0.1
+MAX_REDRAWS = 1000  # bound of "redraw until one adversary sits on the digit"
+
+
+# ----------------------------------------------------------------------------- the mixed step
+def with_adversaries(adv_step: Step, mask: jax.Array) -> Callable[[Step], Step]:
+    """The attack as a transform ``Step -> Step``: where ``mask > 0`` the cell takes the
+    adversary's step, elsewhere the base's, both computed from the same state and key.
+
+    Each model draws its own fire mask (and MNIST noise) from the key and applies its own
+    alive masking, exactly as its normal step. Sharing the key is sound: a cell keeps only
+    one model's output, so the draws it keeps are those of one model, as with independent
+    keys; and it makes mask 0 the base step and mask 1 the adversary step bit for bit.
+    ``mask`` (0/1 or bool) must broadcast to the state's (..., H, W, 1).
+    """
+    mask = jnp.asarray(mask)
+    if mask.ndim < 3 or mask.shape[-1] != 1:
+        raise ValueError(f"adversary mask must have shape (..., H, W, 1), got {mask.shape}")
+
+    def transform(base_step: Step) -> Step:
+        def step(x: jax.Array, key: jax.Array) -> jax.Array:
+            cells = (*x.shape[:-1], 1)
+            try:
+                ok = np.broadcast_shapes(mask.shape, cells) == cells
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"adversary mask {mask.shape} does not broadcast to the state's cells {cells}"
+                )
+            # A select, not base * (1 - m) + adv * m: the arithmetic form is not the identity
+            # bit for bit (0 * inf = nan from the unused model, -0.0 + 0.0 = +0.0), the
+            # select is, and its gradient reaches each model only through its own cells.
+            return jnp.where(mask > 0, adv_step(x, key), base_step(x, key))
+
+        return step
+
+    return transform
+
+
+# ----------------------------------------------------------------------------- masks
+def check_fraction(p) -> None:
+    """ValueError unless the adversary fraction ``p`` lies in [0, 1] (traced p: unchecked)."""
+    if isinstance(p, jax.core.Tracer):
+        return
+    v = np.asarray(p, np.float64)
+    if v.ndim or not np.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"adversary fraction p must be a number in [0, 1], got {p!r}")
+
+
+def mnist_adversary_masks(key: jax.Array, shape: tuple[int, ...], p) -> jax.Array:
+    """(..., H, W, 1) float 0/1 masks: uniform < ``p`` over the whole grid of ``shape``
+    (..., H, W), background included (adversaries there never update, as dead cells)."""
+    check_fraction(p)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or min(shape[-2:]) < 1:
+        raise ValueError(f"mask shape must be (..., H, W) with H, W >= 1, got {shape}")
+    return (jax.random.uniform(key, (*shape, 1)) < p).astype(jnp.float32)
+
+
+def target_alpha(target) -> jax.Array:
+    target = jnp.asarray(target)
+    if target.ndim == 3 and target.shape[-1] > ALPHA_CHANNEL:
+        return target[..., ALPHA_CHANNEL]
+    if target.ndim == 2:
+        return target
+    raise ValueError(
+        f"expected a target (H, W, 4) RGBA or its alpha (H, W), got shape {target.shape}"
+    )
+
+
+def growing_adversary_mask(key: jax.Array, alpha: jax.Array, p) -> jax.Array:
+    """One (H, W, 1) mask: uniform < p where the target's alpha >= 0.1."""
+    on_target = (alpha >= TARGET_ALPHA)[..., None]
+    return ((jax.random.uniform(key, (*alpha.shape, 1)) < p) & on_target).astype(jnp.float32)
+
+
+def growing_adversary_masks(key: jax.Array, n: int, target, p) -> jax.Array:
+    """(n, H, W, 1) float 0/1 masks: uniform < ``p`` AND alpha >= 0.1 of ``target``, the
+    *mutated* padded target (H, W, 4) or its alpha (H, W): a tailless target puts no
+    adversary in the tail. Mask i depends on ``split(key, n)[i]`` only."""
+    check_fraction(p)
+    if int(n) < 1:
+        raise ValueError(f"need n >= 1 masks, got {n}")
+    alpha = target_alpha(target)
+    return jax.vmap(lambda k: growing_adversary_mask(k, alpha, p))(jax.random.split(key, int(n)))
+
+
+def mnist_live_mask(
+    key: jax.Array, image: jax.Array, p, ensure=True, max_redraws: int = MAX_REDRAWS
+) -> jax.Array:
+    """One digit's (H, W, 1) mask (:func:`mnist_adversary_masks` from ``fold_in(key, 0)``),
+    with ``ensure`` (may be traced) redrawn until at least one adversary sits on a live
+    cell: the article's 1 % protocol.
+
+    Draw r uses ``fold_in(key, r)``; a ``lax.while_loop`` stops at the first draw that
+    hits the digit (no host loop, vmappable), or after ``max_redraws`` draws (the last one
+    is returned: only reached for p ~ 0 or a digit of a few cells).
+    """
+    live = (jnp.asarray(image) > mnist.ALIVE_THRESHOLD)[..., None]
+
+    def draw(r):
+        return mnist_adversary_masks(jax.random.fold_in(key, r), image.shape, p)
+
+    def missing(carry):
+        r, m = carry
+        return ensure & (r < max_redraws - 1) & ~jnp.any((m > 0) & live)
+
+    def redraw(carry):
+        r, _ = carry
+        return r + 1, draw(r + 1)
+
+    return jax.lax.while_loop(missing, redraw, (jnp.int32(0), draw(0)))[1]
+
+
+# ----------------------------------------------------------------------------- models
+def model_kind(params) -> str:
+    """``growing`` or ``mnist`` from the parameter tree, or ``unknown``."""
+    for kind in io.KINDS:
+        try:
+            rebuilt = io.params_from_arrays(io.arrays_from_params(params, kind), kind)
+        except (KeyError, TypeError, IndexError, ValueError):
+            continue
+        if jax.tree.structure(rebuilt) == jax.tree.structure(params):
+            return kind
+    return "unknown"
+
+
+def check_compatible(base_params, adv_params) -> None:
+    """ValueError unless both models have the same architecture (tree and shapes): an
+    adversary must be a CA of the base's kind to share its grid."""
+    kinds = model_kind(base_params), model_kind(adv_params)
+    if kinds[0] != kinds[1]:
+        raise ValueError(
+            f"adversary is a {kinds[1]} model but the base is a {kinds[0]} model; "
+            "both must be CAs of the same kind"
+        )
+    tb, ta = jax.tree.structure(base_params), jax.tree.structure(adv_params)
+    sb = [np.shape(a) for a in jax.tree.leaves(base_params)]
+    sa = [np.shape(a) for a in jax.tree.leaves(adv_params)]
+    if tb != ta or sb != sa:
+        raise ValueError(
+            f"adversary and base {kinds[0]} models differ in architecture: "
+            f"parameter shapes {sa} vs {sb}"
+        )
+
+
+def load_adversary(spec: str, kind: str, base_params: dict | None = None) -> dict:
+    """An adversary model spec (shipped name, .npz, TF.js .json, workdir; see
+    :func:`io.load_model`) -> params of ``kind``, checked against ``base_params``."""
+    try:
+        params = io.load_model(spec, kind)
+    except io.ModelFormatError as e:
+        raise ValueError(f"adversary model {spec!r} is not a usable {kind} model: {e}") from e
+    if base_params is not None:
+        check_compatible(base_params, params)
+    return params

@@ -1,0 +1,186 @@
+"""The host loop around the engine: chunks of jitted iterations, metrics files, progress
+with ETA and checkpoints, for one run or a sweep of R runs trained in one program.
+
+Between chunks the host only writes ``metrics.jsonl`` (one per run), logs progress and
+checkpoints the whole state (orbax, atomic, with a content hash). ``resume`` continues
+bit for bit from the latest good checkpoint; a kill loses only the iterations since it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nca_adv import engine
+from nca_adv.training import (
+    BATCH_AXIS,
+    Checkpointer,
+    CheckpointError,
+    MetricsWriter,
+    Progress,
+    WorkdirLock,
+    check_batch_divides,
+    check_config,
+)
+
+
+class Run(NamedTuple):
+    """One run of a sweep: its name (folder ``run_<name>``), PRNG seed and constants."""
+
+    name: str
+    seed: int
+    consts: Any
+
+
+def run_dirs(workdir: str | Path, runs: list[Run]) -> list[Path]:
+    """Each run's output folder: the workdir itself for a single run, else ``run_<name>``."""
+    workdir = Path(workdir)
+    return [workdir] if len(runs) == 1 else [workdir / f"run_{r.name}" for r in runs]
+
+
+def placement(
+    mesh: Mesh | None, num_runs: int, batch_size: int
+) -> tuple[NamedSharding | None, NamedSharding | None]:
+    """(state sharding, batch sharding) over ``mesh``: whole runs per device when they
+    divide evenly, else each run's batch split over the devices (data parallel)."""
+    if mesh is None or mesh.devices.size == 1:
+        return None, None
+    if num_runs > 1 and num_runs % mesh.devices.size == 0:
+        return NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), None
+    check_batch_divides(batch_size, mesh)
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+
+
+def fit(
+    recipe: engine.Recipe,
+    shared: Any,
+    runs: list[Run],
+    workdir: str | Path,
+    iterations: int,
+    *,
+    chunk: int = 10,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    config: dict | None = None,
+    mesh: Mesh | None = None,
+) -> dict:
+    """Train every run of ``runs`` for ``iterations`` iterations; the final states (leading
+    run axis). Writes ``workdir/config.json``, ``workdir/checkpoints/`` and each run's
+    ``metrics.jsonl`` (see :func:`run_dirs`).
+
+    Iterations run in jitted chunks of ``gcd(chunk, checkpoint_every)``, so checkpoints
+    fall on chunk ends and a resumed run replays exactly the programs of a straight one.
+    """
+    engine.check_recipe(recipe)
+    if not runs:
+        raise ValueError("no runs to train")
+    if len({r.name for r in runs}) != len(runs):
+        raise ValueError(f"run names must differ: {[r.name for r in runs]}")
+    if iterations < 1 or chunk < 1 or checkpoint_every < 1:
+        raise ValueError("iterations, chunk and checkpoint_every must be >= 1")
+    state_sharding, batch_sharding = placement(mesh, len(runs), recipe.batch_size)
+    workdir = Path(workdir)
+    if resume and not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"--resume: {workdir} holds no checkpoints/ (a new, misspelt or emptied workdir); "
+            "drop --resume to start a new run"
+        )
+    lock = WorkdirLock(workdir)
+    ckpt = None
+    writers: list[MetricsWriter] = []
+    try:
+        check_config(workdir, {**(config or {}), "runs": [r.name for r in runs]}, resume)
+        ckpt = Checkpointer(workdir / "checkpoints")
+        keys = jax.numpy.stack([jax.random.PRNGKey(r.seed) for r in runs])
+        run_consts = engine.stack_runs([r.consts for r in runs])
+        states = engine.init_states(recipe, keys, shared, run_consts)
+        if state_sharding is not None:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            states = jax.device_put(states, state_sharding)
+            run_consts = jax.device_put(run_consts, state_sharding)
+            shared = jax.device_put(shared, replicated)
+        start = 0
+        if resume:
+            latest = ckpt.latest_step()
+            if latest is None:
+                raise CheckpointError(
+                    f"--resume: no usable checkpoint in {ckpt.directory}"
+                    + (
+                        f" (only incomplete saves {ckpt.incomplete_saves()})"
+                        if ckpt.incomplete_saves()
+                        else ""
+                    )
+                    + "; drop --resume to start a new run"
+                )
+            if latest > iterations:
+                raise CheckpointError(
+                    f"{ckpt.directory} is at iteration {latest}, past the requested "
+                    f"{iterations}; ask for more iterations"
+                )
+            start, states = ckpt.restore(states)
+            logging.info("resumed from iteration %d (%s)", start, ckpt.directory)
+        elif ckpt.latest_step() is not None:
+            raise CheckpointError(
+                f"{ckpt.directory} already holds checkpoints; pass --resume to continue "
+                "or choose another --workdir"
+            )
+        dirs = run_dirs(workdir, runs)
+        writers = [MetricsWriter(d / "metrics.jsonl", resume_from=start) for d in dirs]
+        states = _train(
+            recipe,
+            states,
+            shared,
+            run_consts,
+            runs,
+            writers,
+            ckpt,
+            start,
+            iterations,
+            math.gcd(chunk, checkpoint_every),
+            checkpoint_every,
+            batch_sharding,
+        )
+    finally:
+        for w in writers:
+            w.close()
+        if ckpt is not None:
+            ckpt.close()
+        lock.release()
+    return states
+
+
+def _train(
+    recipe, states, shared, run_consts, runs, writers, ckpt, start, total, length, every, sharding
+):
+    compiled: dict[int, Any] = {}
+    progress = Progress(start, total)
+    i = start
+    while i < total:
+        end = min(total, (i // length + 1) * length)
+        n = end - i
+        if n not in compiled:
+            compiled[n] = engine.make_chunk(recipe, n, len(runs), sharding)
+        states, metrics = compiled[n](states, shared, run_consts)
+        metrics = jax.device_get(metrics)
+        for r, writer in enumerate(writers):
+            for j in range(n):
+                record = {"iteration": i + 1 + j}
+                record.update({k: np.asarray(v)[r, j].item() for k, v in metrics.items()})
+                if not np.isfinite(record["loss"]):
+                    raise FloatingPointError(
+                        f"run {runs[r].name}: loss became {record['loss']} at iteration "
+                        f"{record['iteration']}"
+                    )
+                writer.write(record)
+            writer.flush()
+        i = end
+        progress.update(i, {k: float(np.mean(np.asarray(v)[:, -1])) for k, v in metrics.items()})
+        if i % every == 0 or i == total:
+            ckpt.save(i, states)
+    return states

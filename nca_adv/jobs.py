@@ -1,0 +1,244 @@
+"""Training jobs: a recipe with its constants, runs and export, built from plain settings.
+
+The launches (``experiments/train_*``) and ``train_all`` build a :class:`Job` and hand it
+to :func:`run_job`; a sweep is a job with several runs (targets x fractions x seeds),
+trained in one program. Each run's result is written to its folder (``params.npz``, or
+``perturbation.npy`` for a state perturbation) beside its ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from nca_adv import data, engine, growing, io, mnist, perturbation, targets, trainers
+from nca_adv.fit import Run, fit, run_dirs
+
+GROW_STEPS = 200  # the adversary and perturbation pools start from the lizard grown this long
+
+
+class Job(NamedTuple):
+    """Everything a training needs: ``recipe``, ``shared`` constants, the ``runs``, the
+    ``config`` saved beside the checkpoints, and ``save(params, folder) -> path``."""
+
+    recipe: engine.Recipe
+    shared: Any
+    runs: list[Run]
+    config: dict
+    save: Callable[[Any, Path], Path]
+
+
+def _names(*axes: tuple[str, Sequence]) -> list[tuple[str, tuple]]:
+    """Run names and values of the cartesian product of (label, values) axes; an axis
+    with one value does not appear in the names."""
+    combos = list(itertools.product(*(values for _, values in axes)))
+    named = []
+    for combo in combos:
+        parts = [
+            f"{label}{value}" if label else str(value)
+            for (label, values), value in zip(axes, combo)
+            if len(values) > 1
+        ]
+        named.append(("_".join(parts) or "0", combo))
+    return named
+
+
+def _save_model(kind: str) -> Callable[[Any, Path], Path]:
+    def save(params, folder: Path) -> Path:
+        path = folder / "params.npz"
+        io.save_params(path, jax.device_get(params), kind)
+        return path
+
+    return save
+
+
+def _save_matrix(matrix, folder: Path) -> Path:
+    path = folder / "perturbation.npy"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(jax.device_get(perturbation.symmetric(matrix)), np.float32))
+    return path
+
+
+def _target_name(spec: str) -> str:
+    return Path(spec).stem if spec.lower().endswith(".png") else spec
+
+
+def growing_job(
+    target_specs: Sequence[str],
+    seeds: Sequence[int],
+    config: growing.GrowingTrainConfig,
+    padding: int = targets.TARGET_PADDING,
+) -> Job:
+    """The base Growing CA, one run per (target, seed)."""
+    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
+    _same_grid(loaded)
+    h, w = next(iter(loaded.values())).shape[:2]
+    runs = [
+        Run(name, seed, {"target": loaded[t]})
+        for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
+    ]
+    shared = {"seed": growing.seed_state(h, w)}
+    cfg = {"trainer": "growing", "targets": list(target_specs), "seeds": list(seeds)}
+    cfg.update(config._asdict(), padding=padding)
+    return Job(trainers.growing_recipe(config), shared, runs, cfg, _save_model("growing"))
+
+
+def _same_grid(loaded: dict[str, np.ndarray]) -> None:
+    shapes = {k: v.shape for k, v in loaded.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"the targets of one sweep must have one size, got {shapes}")
+
+
+def _grown(base_params, h: int, w: int) -> jax.Array:
+    # One grown lizard for the whole job: the pools start from copies of it.
+    return trainers.grow(base_params, h, w, GROW_STEPS, jax.random.PRNGKey(0))
+
+
+def growing_adversary_job(
+    base: str,
+    target_specs: Sequence[str],
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    config: growing.GrowingTrainConfig,
+    padding: int = 32,
+) -> Job:
+    """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed)."""
+    for p in fractions:
+        _check_fraction(p)
+    base_params = io.load_model(base, "growing")
+    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
+    _same_grid(loaded)
+    h, w = next(iter(loaded.values())).shape[:2]
+    runs = [
+        Run(name, seed, {"target": loaded[t], "fraction": np.float32(p)})
+        for name, (t, p, seed) in _names(("", list(loaded)), ("p", fractions), ("seed", seeds))
+    ]
+    shared = {"base": base_params, "grown": _grown(base_params, h, w)}
+    cfg = {"trainer": "growing_adversary", "base": base, "targets": list(target_specs)}
+    cfg.update(fractions=list(fractions), seeds=list(seeds), padding=padding, **config._asdict())
+    return Job(trainers.growing_adversary_recipe(config), shared, runs, cfg, _save_model("growing"))
+
+
+def perturbation_job(
+    base: str,
+    target_specs: Sequence[str],
+    seeds: Sequence[int],
+    config: growing.GrowingTrainConfig,
+    padding: int = 32,
+) -> Job:
+    """Global state perturbations of the Growing CA ``base``, one run per (target, seed)."""
+    base_params = io.load_model(base, "growing")
+    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
+    _same_grid(loaded)
+    h, w = next(iter(loaded.values())).shape[:2]
+    runs = [
+        Run(name, seed, {"target": loaded[t]})
+        for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
+    ]
+    shared = {
+        "base": base_params,
+        "seed": growing.seed_state(h, w),
+        "grown": _grown(base_params, h, w),
+    }
+    cfg = {"trainer": "perturbation", "base": base, "targets": list(target_specs)}
+    cfg.update(seeds=list(seeds), padding=padding, **config._asdict())
+    return Job(trainers.perturbation_recipe(config), shared, runs, cfg, _save_matrix)
+
+
+def mnist_cells(images: np.ndarray, step_form: str) -> int | None:
+    """K of the alive-cell step for a data set (its largest digit), or None for the
+    whole-grid step. ``auto``: alive cells on CPU, the whole grid on accelerators."""
+    if step_form not in ("alive", "grid", "auto"):
+        raise ValueError(f"step form must be alive, grid or auto, got {step_form!r}")
+    if step_form == "auto":
+        step_form = "alive" if jax.default_backend() == "cpu" else "grid"
+    return mnist.cells_needed(data.to_float(images)) if step_form == "alive" else None
+
+
+def mnist_job(
+    mnist_dir: str | None,
+    seeds: Sequence[int],
+    config: mnist.MnistTrainConfig,
+    step_form: str = "auto",
+    splits: data.MnistSplits | None = None,
+) -> Job:
+    """The base Self-classifying MNIST CA on the 60k training digits, one run per seed."""
+    splits = splits or data.load_mnist(mnist_dir)
+    cells = mnist_cells(splits.train_images, step_form)
+    shared = trainers.mnist_shared(splits.train_images, splits.train_labels)
+    runs = [Run(name, seed, {}) for name, (seed,) in _names(("seed", seeds))]
+    cfg = {"trainer": "mnist", "seeds": list(seeds), "cells": cells, **config._asdict()}
+    return Job(trainers.mnist_recipe(config, cells), shared, runs, cfg, _save_model("mnist"))
+
+
+def mnist_adversary_job(
+    base: str,
+    mnist_dir: str | None,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    config: mnist.MnistTrainConfig,
+    step_form: str = "auto",
+    target_class: int = 8,
+    splits: data.MnistSplits | None = None,
+) -> Job:
+    """Adversarial cells for the MNIST CA ``base``: every digit votes ``target_class``."""
+    for p in fractions:
+        _check_fraction(p)
+    if not 0 <= target_class < mnist.NUM_CLASSES:
+        raise ValueError(f"target class must be a digit 0..9, got {target_class}")
+    base_params = io.load_model(base, "mnist")
+    splits = splits or data.load_mnist(mnist_dir)
+    cells = mnist_cells(splits.train_images, step_form)
+    shared = trainers.mnist_shared(splits.train_images, splits.train_labels, base=base_params)
+    runs = [
+        Run(name, seed, {"fraction": np.float32(p)})
+        for name, (p, seed) in _names(("p", fractions), ("seed", seeds))
+    ]
+    cfg = {"trainer": "mnist_adversary", "base": base, "fractions": list(fractions)}
+    cfg.update(seeds=list(seeds), cells=cells, target_class=target_class, **config._asdict())
+    recipe = trainers.mnist_adversary_recipe(config, cells, target_class)
+    return Job(recipe, shared, runs, cfg, _save_model("mnist"))
+
+
+def _check_fraction(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"adversary fraction must lie in [0, 1], got {p}")
+
+
+def run_job(
+    job: Job,
+    workdir: str | Path,
+    iterations: int,
+    *,
+    chunk: int = 10,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    mesh=None,
+) -> dict:
+    """Train ``job`` (see :func:`nca_adv.fit.fit`), save each run's result in its folder;
+    a summary: per run its folder, result file and final loss."""
+    states = fit(
+        job.recipe,
+        job.shared,
+        job.runs,
+        workdir,
+        iterations,
+        chunk=chunk,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        config=job.config,
+        mesh=mesh,
+    )
+    from nca_adv.training import read_metrics
+
+    summary = {}
+    for r, (run, folder) in enumerate(zip(job.runs, run_dirs(workdir, job.runs))):
+        path = job.save(engine.run_slice(states["params"], r), folder)
+        last = read_metrics(folder / "metrics.jsonl")[-1]
+        summary[run.name] = {"dir": str(folder), "result": str(path), "final_loss": last["loss"]}
+    return summary
