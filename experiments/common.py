@@ -75,28 +75,26 @@ def define_training_flags(iterations: int, checkpoint_every: int, chunk: int) ->
     )
 
 
-def int_list(name: str) -> list[int]:
-    """A comma-separated flag of integers, with a clear error naming the flag."""
+def number_list(name: str, cast: type = int) -> list:
+    """A comma-separated flag of numbers (``cast``: int or float), with a clear error
+    naming the flag."""
     values = getattr(flags.FLAGS, name)
+    what = "integers" if cast is int else "numbers"
     try:
-        out = [int(v) for v in values]
+        out = [cast(v) for v in values]
     except ValueError:
-        raise app.UsageError(f"--{name} must be comma-separated integers, got {values}") from None
+        raise app.UsageError(f"--{name} must be comma-separated {what}, got {values}") from None
     if not out:
         raise app.UsageError(f"--{name} is empty")
     return out
+
+
+def int_list(name: str) -> list[int]:
+    return number_list(name, int)
 
 
 def float_list(name: str) -> list[float]:
-    """A comma-separated flag of floats, with a clear error naming the flag."""
-    values = getattr(flags.FLAGS, name)
-    try:
-        out = [float(v) for v in values]
-    except ValueError:
-        raise app.UsageError(f"--{name} must be comma-separated numbers, got {values}") from None
-    if not out:
-        raise app.UsageError(f"--{name} is empty")
-    return out
+    return number_list(name, float)
 
 
 def train_job(job) -> None:

@@ -249,10 +249,12 @@ def _adversary_result(params, images, labels, key) -> dict:
     }
     if FLAGS.video:
         n = min(16, len(images))
-        states, masks, present = adversary_eval.mnist_attack_trajectory(
+        votes, masks, present, _ = adversary_eval.mnist_attack_trajectory(
             params, adv, images[:n], key, *window, FLAGS.adversary_on_digit
         )
-        frames = adversary_pictures.mnist_frames(states, labels[:n], masks, present, 3, cols=4)
+        frames = adversary_pictures.mnist_frames(
+            votes, images[:n], labels[:n], masks, present, 3, cols=4
+        )
         result["video"] = str(video.write_video(FLAGS.video, frames, fps=30))
     logging.info("%.4f of the cells vote 8 at step %d", result["cells_voting_target"], FLAGS.steps)
     return result

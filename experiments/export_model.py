@@ -8,18 +8,11 @@ the package is replaced only with --force.
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 from absl import flags
 
 from experiments.common import check_output_dir, print_result, run
 from nca_adv import io
-from nca_adv.errors import UserError
-
-PACKAGE_MODELS = Path(io.__file__).parent / "assets" / "models"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+from nca_adv.export import PACKAGE_MODELS, export_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -31,101 +24,9 @@ flags.DEFINE_string("out_dir", str(PACKAGE_MODELS), "Destination folder.")
 flags.DEFINE_bool("force", False, "Replace a model of the same name shipped in the package.")
 
 
-def _curve(metrics: Path, step: int | None) -> tuple[list[str], list[dict]]:
-    """The columns (iteration, loss, then any other numbers every record has) and the
-    records of ``metrics.jsonl`` up to ``step`` (default: all)."""
-    if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics} not found: the export needs the run's loss curve")
-    from nca_adv import training
-
-    def usable(r) -> bool:
-        return (
-            isinstance(r, dict)
-            and isinstance(r.get("iteration"), int)
-            and isinstance(r.get("loss"), int | float)
-            and (step is None or r["iteration"] <= step)
-        )
-
-    by_iteration = {r["iteration"]: r for r in training.read_metrics(metrics) if usable(r)}
-    records = [by_iteration[i] for i in sorted(by_iteration)]
-    if not records:
-        upto = "" if step is None else f" up to iteration {step}"
-        raise UserError(f"{metrics} holds no loss record{upto}")
-    if step is not None and records[-1]["iteration"] != step:
-        raise UserError(
-            f"{metrics} ends at iteration {records[-1]['iteration']}, before the "
-            f"checkpoint's {step}"
-        )
-    numbers = [k for k, v in records[0].items() if isinstance(v, int | float)]
-    columns = ["iteration", "loss"] + [
-        k
-        for k in numbers
-        if k not in ("iteration", "loss")
-        and all(isinstance(r.get(k), int | float) for r in records)
-    ]
-    return columns, records
-
-
-def _weights(workdir: Path, kind: str) -> tuple[dict, int | None]:
-    """The run's parameters and the iteration they are from (None: the last recorded):
-    the latest checkpoint of a run folder with ``checkpoints/``, else the ``params.npz``
-    that the trainer writes into each run's folder."""
-    if not (workdir / "checkpoints").is_dir() and (workdir / "params.npz").is_file():
-        return io.load_npz(workdir / "params.npz", kind), None
-    return io.load_checkpoint_params(workdir, kind), io.checkpoint_step(workdir)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: readers never see a partial file
-
-
-def export_run(
-    workdir: str | os.PathLike,
-    kind: str,
-    name: str,
-    out_dir: str | os.PathLike = PACKAGE_MODELS,
-    force: bool = False,
-) -> dict:
-    """Write the weights of the run in ``workdir`` (its latest checkpoint, or for one run of
-    a sweep its ``params.npz``) as ``out_dir/<name>.npz`` and its loss curve as
-    ``out_dir/<name>_metrics.csv``; returns a summary (name, kind, iterations, final_loss,
-    weights, metrics).
-
-    Refuses, before writing anything: a missing or wrong-kind run, a ``metrics.jsonl`` that
-    is missing or ends before the checkpoint, an unwritable ``out_dir``, and replacing a
-    model shipped in the package unless ``force``.
-    """
-    workdir, out = Path(workdir), Path(out_dir)
-    if not _NAME.fullmatch(name):
-        raise UserError(f"model name {name!r}: use letters, digits, '_', '-' or '.'")
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"training run {workdir} not found (no such folder)")
-    weights, csv = out / f"{name}.npz", out / f"{name}_metrics.csv"
-    shipped = out.resolve() == PACKAGE_MODELS.resolve() and (weights.exists() or csv.exists())
-    if shipped and not force:
-        raise UserError(f"{weights} is a model shipped in the package; pass --force to replace it")
-    check_output_dir(out, "out_dir")
-    params, step = _weights(workdir, kind)
-    columns, records = _curve(workdir / "metrics.jsonl", step)
-    lines = [",".join(columns)] + [
-        ",".join([str(r["iteration"])] + [f"{r[k]:.6g}" for k in columns[1:]]) for r in records
-    ]
-    io.save_params(weights, params, kind)
-    _write_text(csv, "\n".join(lines) + "\n")
-    return {
-        "name": name,
-        "kind": kind,
-        "iterations": records[-1]["iteration"],
-        "final_loss": records[-1]["loss"],
-        "weights": str(weights),
-        "metrics": str(csv),
-    }
-
-
 def main(argv):
     del argv
+    check_output_dir(FLAGS.out_dir, "out_dir")
     print_result(export_run(FLAGS.workdir, FLAGS.kind, FLAGS.name, FLAGS.out_dir, FLAGS.force))
 
 

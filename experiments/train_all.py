@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 from experiments import common
 from nca_adv import growing, io, jobs, mnist, perturbation, training
+from nca_adv.export import export_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "paper", ["paper", "smoke"], "paper: the article's scale; smoke: tiny.")
@@ -96,6 +97,7 @@ class Model(NamedTuple):
     MNIST dir) and how many iterations the preset gives it."""
 
     name: str
+    kind: str  # growing | mnist | perturbation
     job: Callable[[Preset, dict, str | None], jobs.Job]
     iterations: Callable[[Preset], int]
 
@@ -105,12 +107,12 @@ def _pad(ps: Preset) -> int:
 
 
 MODELS = [
-    Model("lizard", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing), lambda ps: ps.growing_iterations),
-    Model("mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
-    Model("mnist_adversary", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
-    Model("lizard_no_tail_adversary", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_no_tail"], [0.1], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
-    Model("lizard_red_adversary", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_red"], [0.1, 0.6], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
-    Model("perturbations", lambda ps, done, d: jobs.perturbation_job(done["lizard"], list(PERTURBATIONS), [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
+    Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing), lambda ps: ps.growing_iterations),
+    Model("mnist", "mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
+    Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
+    Model("lizard_no_tail_adversary", "growing", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_no_tail"], [0.1], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
+    Model("lizard_red_adversary", "growing", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_red"], [0.1, 0.6], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
+    Model("perturbations", "perturbation", lambda ps, done, d: jobs.perturbation_job(done["lizard"], list(PERTURBATIONS), [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
 ]  # fmt: skip
 
 
@@ -124,22 +126,23 @@ def _write_curve(metrics: Path, out: Path) -> None:
             writer.writerow([r["iteration"], *(f"{r[k]:.6g}" for k in keys)])
 
 
-def _export(model: str, summary: dict, assets: Path) -> list[str]:
-    """Install a trained model's results (and curves) into the package assets."""
+def _export(model: Model, summary: dict, assets: Path) -> list[str]:
+    """Install a trained model's results (and loss curves) into the package assets."""
     written = []
     for run, info in summary.items():
         folder, result = Path(info["dir"]), Path(info["result"])
-        if model == "perturbations":
+        if model.kind == "perturbation":
             name, dest = PERTURBATIONS[run], assets / "perturbations"
+            dest.mkdir(parents=True, exist_ok=True)
             perturbation.load_matrix(str(result))  # refuse to ship a malformed matrix
-        elif model == "lizard_red_adversary" and run != "p0.6":
+            shutil.copyfile(result, dest / f"{name}.npy")
+            _write_curve(folder / "metrics.jsonl", dest / f"{name}_metrics.csv")
+            written.append(str(dest / f"{name}.npy"))
+        elif model.name == "lizard_red_adversary" and run != "p0.6":
             continue  # the article's 10 % failure is trained for the record, not shipped
         else:
-            name, dest = model, assets / "models"
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result, dest / f"{name}{result.suffix}")
-        _write_curve(folder / "metrics.jsonl", dest / f"{name}_metrics.csv")
-        written.append(str(dest / f"{name}{result.suffix}"))
+            out = export_run(folder, model.kind, model.name, assets / "models", force=True)
+            written.append(out["weights"])
     return written
 
 
@@ -193,7 +196,7 @@ def main(argv):
             "runs": summary,
         }
         if FLAGS.export:
-            results[model.name]["exported"] = _export(model.name, summary, Path(FLAGS.assets))
+            results[model.name]["exported"] = _export(model, summary, Path(FLAGS.assets))
     widths = [
         max(
             len(str(r[i]))

@@ -48,7 +48,8 @@ def mnist_adversary_rollout(
     the adversary running on its mask during steps [``inject_at``, ``remove_at``).
 
     Returns per-step vote counts (steps, B, 10) (entry t: after t + 1 steps), the masks
-    (B, H, W, 1) and, with ``trajectory``, the (steps, B, H, W, 20) states. Digit b draws
+    (B, H, W, 1) and, with ``trajectory``, every cell's vote (steps, B, H, W) int8 (all a
+    picture needs, 80x smaller than the states). Digit b draws
     its step keys as :func:`mnist.swap_rollout` (``fold_in(fold_in(key, i), digit_ids[b])``)
     and its mask from ``fold_in(mask_key, digit_ids[b])``: its result does not depend on
     its batch mates, and with no adversary window it equals the base rollout.
@@ -72,7 +73,8 @@ def mnist_adversary_rollout(
         def body(x, i):
             step_key = jax.random.fold_in(key, i)
             x = step(x, jax.vmap(lambda d: jax.random.fold_in(step_key, d))(digit_ids))
-            return x, (vote_counts(x), x if trajectory else None)
+            votes = mnist.votes(x).astype(jnp.int8) if trajectory else None
+            return x, (vote_counts(x), votes)
 
         return jax.lax.scan(body, x, jnp.arange(start, stop))
 
@@ -205,16 +207,16 @@ def mnist_attack_trajectory(
     inject_at: int = 0,
     remove_at: int | None = None,
     ensure_live: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For pictures: the states (steps, B, H, W, 20), masks (B, H, W, 1) and whether the
-    adversaries ran at each step (steps,) of :func:`mnist_attack` on a few digits (the
-    same draws as there for digits 0..B-1)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For pictures: the votes (steps, B, H, W) int8, masks (B, H, W, 1), whether the
+    adversaries ran at each step (steps,) and the vote counts (steps, B, 10) of
+    :func:`mnist_attack` on a few digits (the same draws as there for digits 0..B-1)."""
     images = np.asarray(images, np.float32)
     mnist.check_images(images)
     adversaries.check_fraction(p)
     _check_window(steps, inject_at, remove_at)
     k_run, k_mask = jax.random.split(key)
-    _, masks, states = mnist_adversary_rollout(
+    counts, masks, votes = mnist_adversary_rollout(
         base,
         adv,
         images,
@@ -231,7 +233,7 @@ def mnist_attack_trajectory(
     )
     t = np.arange(steps)
     present = (t >= inject_at) & (t < (steps if remove_at is None else remove_at))
-    return np.asarray(states), np.asarray(masks), present
+    return np.asarray(votes), np.asarray(masks), present, np.asarray(counts)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "k"))

@@ -25,21 +25,25 @@ def growing_frames(
 
 
 def mnist_frames(
-    states: np.ndarray,
+    votes: np.ndarray,
+    images: np.ndarray,
     labels: np.ndarray,
     masks: np.ndarray,
     present: np.ndarray,
     zoom: int,
     cols: int,
 ) -> np.ndarray:
-    """(T, B, H, W, 20) states -> (T, ., ., 3) uint8 grids of vote-coloured digits (light
-    red background where the majority is wrong, :func:`video.mnist_frame`); at the steps
-    where ``present[t]``, the adversary cells (``masks`` (B, H, W, 1)) on the digit are
-    marked by a magenta dot."""
-    states, labels = np.asarray(states), np.asarray(labels)
-    on_digit = (np.asarray(masks)[..., 0] > 0) & (states[0, ..., 0] > 0.1)
+    """Votes (T, B, H, W) of digits ``images`` (B, H, W) -> (T, ., ., 3) uint8 grids of
+    vote-coloured digits (light red background where the majority is wrong,
+    :func:`video.mnist_frame`); at the steps where ``present[t]``, the adversary cells
+    (``masks`` (B, H, W, 1)) on the digit are marked by a magenta dot."""
+    images, labels = np.asarray(images, np.float32), np.asarray(labels)
+    on_digit = (np.asarray(masks)[..., 0] > 0) & (images > 0.1)
+    scores = np.eye(10, dtype=np.float32)
     out = []
-    for t, xs in enumerate(states):
+    for t, vs in enumerate(np.asarray(votes)):
+        # the grey channel and one-hot class scores: what video.mnist_frame reads
+        xs = np.concatenate([images[..., None], np.zeros((*images.shape, 9)), scores[vs]], -1)
         digits = np.stack([video.mnist_frame(x, int(lab)) for x, lab in zip(xs, labels)])
         digits = video.zoom(digits, zoom)
         if present[t]:

@@ -22,6 +22,7 @@ from nca_adv.training import (
     BATCH_AXIS,
     Checkpointer,
     CheckpointError,
+    DivergenceError,
     MetricsWriter,
     Progress,
     WorkdirLock,
@@ -95,8 +96,13 @@ def fit(
     ckpt = None
     writers: list[MetricsWriter] = []
     try:
-        check_config(workdir, {**(config or {}), "runs": [r.name for r in runs]}, resume)
         ckpt = Checkpointer(workdir / "checkpoints")
+        if not resume and ckpt.latest_step() is not None:  # before config.json is touched
+            raise CheckpointError(
+                f"{ckpt.directory} already holds checkpoints; pass --resume to continue "
+                "or choose another --workdir"
+            )
+        check_config(workdir, {**(config or {}), "runs": [r.name for r in runs]}, resume)
         keys = jax.numpy.stack([jax.random.PRNGKey(r.seed) for r in runs])
         run_consts = engine.stack_runs([r.consts for r in runs])
         states = engine.init_states(recipe, keys, shared, run_consts)
@@ -105,6 +111,9 @@ def fit(
             states = jax.device_put(states, state_sharding)
             run_consts = jax.device_put(run_consts, state_sharding)
             shared = jax.device_put(shared, replicated)
+        else:  # committed like a restored state, so a fresh and a resumed run share one program
+            device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+            states, run_consts, shared = jax.device_put((states, run_consts, shared), device)
         start = 0
         if resume:
             latest = ckpt.latest_step()
@@ -125,11 +134,6 @@ def fit(
                 )
             start, states = ckpt.restore(states)
             logging.info("resumed from iteration %d (%s)", start, ckpt.directory)
-        elif ckpt.latest_step() is not None:
-            raise CheckpointError(
-                f"{ckpt.directory} already holds checkpoints; pass --resume to continue "
-                "or choose another --workdir"
-            )
         dirs = run_dirs(workdir, runs)
         writers = [MetricsWriter(d / "metrics.jsonl", resume_from=start) for d in dirs]
         states = _train(
@@ -173,7 +177,7 @@ def _train(
                 record = {"iteration": i + 1 + j}
                 record.update({k: np.asarray(v)[r, j].item() for k, v in metrics.items()})
                 if not np.isfinite(record["loss"]):
-                    raise FloatingPointError(
+                    raise DivergenceError(
                         f"run {runs[r].name}: loss became {record['loss']} at iteration "
                         f"{record['iteration']}"
                     )

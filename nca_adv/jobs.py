@@ -75,9 +75,7 @@ def growing_job(
     padding: int = targets.TARGET_PADDING,
 ) -> Job:
     """The base Growing CA, one run per (target, seed)."""
-    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
-    _same_grid(loaded)
-    h, w = next(iter(loaded.values())).shape[:2]
+    loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t]})
         for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
@@ -88,10 +86,15 @@ def growing_job(
     return Job(trainers.growing_recipe(config), shared, runs, cfg, _save_model("growing"))
 
 
-def _same_grid(loaded: dict[str, np.ndarray]) -> None:
+def _load_targets(specs: Sequence[str], padding: int) -> tuple[dict[str, np.ndarray], tuple]:
+    """Targets by run name, and their one grid size (a sweep's runs share one program)."""
+    if not specs:
+        raise ValueError("no target given")
+    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in specs}
     shapes = {k: v.shape for k, v in loaded.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"the targets of one sweep must have one size, got {shapes}")
+    return loaded, next(iter(shapes.values()))[:2]
 
 
 def _grown(base_params, h: int, w: int) -> jax.Array:
@@ -111,9 +114,7 @@ def growing_adversary_job(
     for p in fractions:
         _check_fraction(p)
     base_params = io.load_model(base, "growing")
-    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
-    _same_grid(loaded)
-    h, w = next(iter(loaded.values())).shape[:2]
+    loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t], "fraction": np.float32(p)})
         for name, (t, p, seed) in _names(("", list(loaded)), ("p", fractions), ("seed", seeds))
@@ -133,9 +134,7 @@ def perturbation_job(
 ) -> Job:
     """Global state perturbations of the Growing CA ``base``, one run per (target, seed)."""
     base_params = io.load_model(base, "growing")
-    loaded = {_target_name(t): targets.load_target(t, padding=padding) for t in target_specs}
-    _same_grid(loaded)
-    h, w = next(iter(loaded.values())).shape[:2]
+    loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t]})
         for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))

@@ -83,6 +83,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back (missing, corrupt, or of another model)."""
 
 
+class DivergenceError(FloatingPointError):
+    """A training loss that became NaN or infinite (the run stops at once)."""
+
+
 def content_hash(tree: Any) -> str:
     """sha256 over every leaf's dtype, shape and bytes: catches silent bit flips."""
     h = hashlib.sha256()
@@ -177,8 +181,16 @@ class Checkpointer:
                 continue
             if errors:
                 logging.warning("fell back to the previous checkpoint, iteration %d", step)
+                self._drop_after(step)
             return step, state
         raise CheckpointError(f"no restorable checkpoint in {self.directory}: {'; '.join(errors)}")
+
+    def _drop_after(self, step: int) -> None:
+        """Delete the (unreadable) steps newer than ``step``: training continues from
+        ``step`` and will write those steps again."""
+        for later in [s for s in self.steps() if s > step]:
+            self._manager.delete(later)
+            self._hash_file(later).unlink(missing_ok=True)
 
     def close(self) -> None:
         self._manager.close()

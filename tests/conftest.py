@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
@@ -16,3 +21,39 @@ def reference() -> Path:
             f"reference data not found at {REFERENCE} (../shared/reference beside the project)"
         )
     return REFERENCE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for the whole session, in-process and (through
+    the environment) for every launch a test starts: identical programs (a straight run
+    and its resumption, the same launch in several tests) compile once. Only speed
+    changes; the cache lives in the session's temporary folder."""
+    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
+    env = {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    compilation_cache.reset_cache()
+    yield path
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def subprocess_env():
+    """The environment of a launch started by a test: the package importable (the cache
+    is inherited). ``optimise=False`` turns XLA's backend optimisations off, for programs
+    that run for milliseconds (compiling them costs ~3x less)."""
+
+    def env(optimise: bool = True) -> dict[str, str]:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if not optimise:
+            flags = f"{flags} --xla_backend_optimization_level=0".strip()
+        return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
+
+    return env

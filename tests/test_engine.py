@@ -4,7 +4,6 @@ attack, and placement over several (fake CPU) devices."""
 
 import functools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from nca_adv import data, engine, fit, growing, io, jobs, mnist, trainers, training
 
@@ -21,48 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # then serves both files), on 40x40 targets.
 # Learning rates drop inside every run below, so the optimiser's step count matters.
 TINY = growing.GrowingTrainConfig(
-    pool_size=16, batch_size=8, min_steps=2, max_steps=3, damage_n=1, lr_decay_at=3
+    pool_size=6, batch_size=2, min_steps=2, max_steps=3, damage_n=1, lr_decay_at=3
 )
-# The attack recipes run on 12x12 grids with a small pool.
-ATTACK = TINY._replace(pool_size=6, batch_size=2)
+# The attack recipes run on 12x12 grids; the device test splits a batch of 8 (12x12).
+DEVICES = TINY._replace(pool_size=16, batch_size=8)
 MNIST_TINY = mnist.MnistTrainConfig(
     pool_size=8, batch_size=4, steps=3, new_n=1, mutate_n=1, lr_decays_at=(3,)
 )
-
-
-def _subprocess_env(cache: str, optimise: bool = True) -> dict[str, str]:
-    """Environment of the launches: the package importable, the compilation cache shared;
-    ``optimise=False`` turns XLA's backend optimisations off (for programs that run for
-    milliseconds and share nothing with this process: compiling them costs ~3x less)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if not optimise:
-        flags = f"{flags} --xla_backend_optimization_level=0".strip()
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "JAX_COMPILATION_CACHE_DIR": cache,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
-        "XLA_FLAGS": flags,
-    }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for these tests and their subprocesses (its
-    path is yielded): every ``fit`` traces a fresh program, and identical ones (a
-    straight run and its resumption) then compile once. Only speed changes."""
-    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    compilation_cache.reset_cache()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -94,10 +57,6 @@ def _assert_trees_equal(a, b):
     a, b = jax.device_get(a), jax.device_get(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def _losses(path) -> list[float]:
-    return [r["loss"] for r in training.read_metrics(path)]
 
 
 def _count_iterations(monkeypatch) -> list[int]:
@@ -271,7 +230,7 @@ def _base(init_params):
 
 
 def test_growing_adversary_trains_only_the_adversary():
-    compiled = _compiled(trainers.growing_adversary_recipe(ATTACK))
+    compiled = _compiled(trainers.growing_adversary_recipe(TINY))
     base = _base(growing.init_growing_params)
     base_copy = jax.device_get(base)
     shared = {"base": base, "grown": _grown(jax.random.PRNGKey(3))}
@@ -298,7 +257,7 @@ def test_growing_adversary_trains_only_the_adversary():
 
 
 def test_perturbation_trains_only_the_matrix():
-    compiled = _compiled(trainers.perturbation_recipe(ATTACK))
+    compiled = _compiled(trainers.perturbation_recipe(TINY))
     base = _base(growing.init_growing_params)
     base_copy = jax.device_get(base)
     seed = growing.seed_state(12, 12)
@@ -421,14 +380,14 @@ print(json.dumps(out))
 """
 
 
-def test_devices_batch_split_sweep_and_resume(tmp_path, compile_cache):
+def test_devices_batch_split_sweep_and_resume(tmp_path, subprocess_env):
     """On 8 fake CPU devices (12x12 grids): the same losses with the batch of 8 split
     over 8 devices as on one; resume bit-exact on a 2-device mesh, with the batch split
     and with a sweep of 2 runs, one per device; that sweep equals the same sweep on one
     device."""
-    env = _subprocess_env(compile_cache, optimise=False)
+    env = subprocess_env(optimise=False)
     res = subprocess.run(
-        [sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path), json.dumps(list(TINY))],
+        [sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path), json.dumps(list(DEVICES))],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -445,6 +404,7 @@ def test_devices_batch_split_sweep_and_resume(tmp_path, compile_cache):
     assert out["one_d2_resume_equal"] and out["one_d2_resumed_devices"] == [2]
     assert out["sweep_d2_devices"] == [2]
     np.testing.assert_allclose(out["sweep_d2"], out["sweep_d1"], rtol=1e-5)
+    assert out["sweep_d2"][0] != out["sweep_d2"][1]  # two different runs
     assert out["sweep_far"] <= 0.01, out["sweep_far"]
     assert out["sweep_d2_resume_equal"]
     assert out["batch6"] and "not divisible by 8" in out["batch6"]

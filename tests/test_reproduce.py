@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nca_adv import report, video
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--mnist_digits=16", "--swap_digits=4", "--growing_runs=2", "--sections=lizard,mnist"]
 
@@ -102,3 +104,18 @@ def test_bad_flags_are_refused(tmp_path, args, message):
     res = reproduce(f"--out={tmp_path}", *args)
     assert res.returncode != 0 and message in res.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def test_video_poster_replaces_autoplay(tmp_path):
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    frames[-1, 2:6, 2:6] = 200  # only the last frame shows something
+    path = video.write_video(tmp_path / "media" / "v.mp4", frames)
+    poster = video.save_poster(path, frames)
+    assert poster == tmp_path / "media" / "v_poster.png"
+    assert np.array_equal(np.asarray(Image.open(poster)), frames[-1])
+    rep = report.HtmlReport(tmp_path / "r.html", "t")
+    rep.video(path, "with poster", poster=poster)
+    rep.video(path, "without")
+    with_poster, without = rep.write().read_text().split("<video")[1:]
+    assert 'poster="media/v_poster.png"' in with_poster and "autoplay" not in with_poster
+    assert "poster" not in without.split(">")[0] and "autoplay" in without.split(">")[0]

@@ -17,9 +17,8 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
-from nca_adv import engine, fit, growing, io, mnist, targets, trainers, training
+from nca_adv import engine, fit, growing, io, jobs, mnist, targets, trainers, training
 
 ROOT = Path(__file__).resolve().parents[1]
 # One tiny configuration for every growing run here and in test_engine.py, on the
@@ -28,58 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 # the persistent cache. lr_decay_at=3: the rate drops inside every run, so a resume that
 # lost the optimiser's step count would not be bit-exact.
 TINY = growing.GrowingTrainConfig(
-    pool_size=16, batch_size=8, min_steps=2, max_steps=3, damage_n=1, lr_decay_at=3
+    pool_size=6, batch_size=2, min_steps=2, max_steps=3, damage_n=1, lr_decay_at=3
 )
 RECIPE = trainers.growing_recipe(TINY)
 CONFIG = {"trainer": "growing", "lr": TINY.lr, "batch_size": TINY.batch_size, "seeds": [0]}
 
 
-def _subprocess_env(cache: str, optimise: bool = True) -> dict[str, str]:
-    """Environment of the launches: the package importable, the compilation cache shared;
-    ``optimise=False`` turns XLA's backend optimisations off (for programs that run for
-    milliseconds and share nothing with this process: compiling them costs ~3x less)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if not optimise:
-        flags = f"{flags} --xla_backend_optimization_level=0".strip()
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "JAX_COMPILATION_CACHE_DIR": cache,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
-        "XLA_FLAGS": flags,
-    }
-
-
 GROWING_FLAGS = [
     "--target=lizard",
     "--padding=0",
-    "--pool_size=16",
-    "--batch_size=8",
+    "--pool_size=6",
+    "--batch_size=2",
     "--min_steps=2",
     "--max_steps=3",
     "--damage_n=1",
     "--lr_decay_at=3",
     "--chunk=1",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for these tests and their subprocesses (its
-    path is yielded): every ``fit`` traces a fresh program, and identical ones (a
-    straight run, its resumption, a relaunch) then compile once. Only speed changes."""
-    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-    compilation_cache.reset_cache()
 
 
 def _target(nan: bool = False) -> np.ndarray:
@@ -318,7 +282,7 @@ def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path, caplog, damage)
     straight_metrics = (trained.straight_dir / "metrics.jsonl").read_bytes()
     assert (work / "metrics.jsonl").read_bytes() == straight_metrics
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("checkpoints/4 cannot be restored" in w for w in warnings), warnings
+    assert any(f"{ckpts}/4 " in w for w in warnings), warnings  # why 4 failed, one line
     assert any("fell back to the previous checkpoint, iteration 2" in w for w in warnings)
     assert all(len(w.splitlines()) == 1 for w in warnings), warnings
     if damage == "hash":
@@ -356,17 +320,17 @@ def test_bad_metrics_line_dropped_alone(trained, tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------------- a real kill
-KILL_N = 12  # iterations; the kill comes at the 2nd or 3rd checkpoint
+KILL_N = 10  # iterations; the kill comes at the 2nd or 3rd checkpoint
 
 
-def _train_growing(env, *args) -> list[str]:
+def _train_growing(*args) -> list[str]:
     flags = [*GROWING_FLAGS, "--checkpoint_every=1"]
     return [sys.executable, "-m", "experiments.train_growing", *flags, *args]
 
 
 def _launch(env, *args) -> subprocess.CompletedProcess:
     res = subprocess.run(
-        _train_growing(env, *args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+        _train_growing(*args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -379,14 +343,17 @@ def _latest_step(workdir: Path) -> int:
     return max((int(p.name) for p in ckpts.iterdir() if p.name.isdigit()), default=0)
 
 
-def test_sigkill_then_resume_is_exact(tmp_path, compile_cache):
-    env = _subprocess_env(compile_cache)
+def test_sigkill_then_resume_is_exact(tmp_path, subprocess_env):
+    """experiments.train_growing, SIGKILLed after its second checkpoint and resumed,
+    ends bit for bit where the same job trained straight ends (params.npz, metrics)."""
+    env = subprocess_env()
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _launch(env, f"--iterations={KILL_N}", f"--workdir={straight}")
+    job = jobs.growing_job(["lizard"], [0], TINY, padding=0)  # what GROWING_FLAGS ask for
+    jobs.run_job(job, straight, KILL_N, chunk=1, checkpoint_every=1)
 
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(
-        _train_growing(env, f"--iterations={KILL_N}", f"--workdir={killed}"),
+        _train_growing(f"--iterations={KILL_N}", f"--workdir={killed}"),
         cwd=ROOT,
         env=env,
         stdout=log,
