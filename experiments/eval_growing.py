@@ -41,7 +41,10 @@ flags.DEFINE_string(
     "With an attack: the unmodified target (name or PNG); JSON adds loss_original to it.",
 )
 flags.DEFINE_integer(
-    "padding", targets.TARGET_PADDING, "Cells of empty border around the 40x40 target.", lower_bound=0
+    "padding",
+    targets.TARGET_PADDING,
+    "Cells of empty border around the 40x40 target.",
+    lower_bound=0,
 )
 flags.DEFINE_integer("steps", 200, "CA steps from the seed.", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "PRNG seed of the stochastic updates.")

@@ -68,7 +68,10 @@ flags.DEFINE_float(
     upper_bound=1.0,
 )
 flags.DEFINE_integer(
-    "inject_at", None, "With --adversary: first step the adversaries run (default 0).", lower_bound=0
+    "inject_at",
+    None,
+    "With --adversary: first step the adversaries run (default 0).",
+    lower_bound=0,
 )
 flags.DEFINE_integer(
     "remove_at",

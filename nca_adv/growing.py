@@ -156,7 +156,12 @@ def variable_rollout(
     """
 
     return scan_variable_steps(
-        lambda x, k: growing_step(params, x, k, fire_rate, perceive), x0, key, n_steps, max_steps, remat
+        lambda x, k: growing_step(params, x, k, fire_rate, perceive),
+        x0,
+        key,
+        n_steps,
+        max_steps,
+        remat,
     )
 
 

@@ -57,3 +57,28 @@ def subprocess_env():
         return {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
 
     return env
+
+
+@pytest.fixture
+def count_chunks(monkeypatch):
+    """``count_chunks()`` starts recording the length of every chunk the engine runs
+    from then on (a resumed run must run only the iterations left)."""
+    from nca_adv import engine
+
+    def start() -> list[int]:
+        ran: list[int] = []
+        real = engine.make_chunk
+
+        def counting(recipe, length, runs, batch_sharding=None):
+            chunk = real(recipe, length, runs, batch_sharding)
+
+            def call(*args):
+                ran.append(length)
+                return chunk(*args)
+
+            return call
+
+        monkeypatch.setattr(engine, "make_chunk", counting)
+        return ran
+
+    return start

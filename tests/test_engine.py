@@ -59,24 +59,6 @@ def _assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def _count_iterations(monkeypatch) -> list[int]:
-    """Record the length of every chunk that ``fit`` runs."""
-    ran: list[int] = []
-    real = engine.make_chunk
-
-    def counting(recipe, length, runs, batch_sharding=None):
-        chunk = real(recipe, length, runs, batch_sharding)
-
-        def call(*args):
-            ran.append(length)
-            return chunk(*args)
-
-        return call
-
-    monkeypatch.setattr(engine, "make_chunk", counting)
-    return ran
-
-
 def _array_leaves(tree) -> list[tuple[int, ...]]:
     """Shapes of the non-scalar leaves (Adam's moments; not its step count)."""
     return sorted(np.shape(a) for a in jax.tree.leaves(tree) if np.ndim(a) > 0)
@@ -110,11 +92,11 @@ def mnist_straight(mnist_setup, tmp_path_factory):
     return jax.device_get(_mnist_fit(shared, cells, workdir, 4)), workdir
 
 
-def test_mnist_resume_is_exact(mnist_setup, mnist_straight, tmp_path, monkeypatch):
+def test_mnist_resume_is_exact(mnist_setup, mnist_straight, tmp_path, count_chunks):
     shared, cells = mnist_setup
     straight, straight_dir = mnist_straight
     _mnist_fit(shared, cells, tmp_path, 2)  # "killed" after iteration 2, a checkpoint
-    ran = _count_iterations(monkeypatch)
+    ran = count_chunks()
     resumed = _mnist_fit(shared, cells, tmp_path, 4, resume=True)
     assert sum(ran) == 2  # only iterations 3 and 4 ran
     _assert_trees_equal(straight, resumed)

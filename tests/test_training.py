@@ -102,24 +102,6 @@ def _copy(trained, tmp_path) -> Path:
     return work
 
 
-def _count_iterations(monkeypatch) -> list[int]:
-    """Record the length of every chunk that ``fit`` runs."""
-    ran: list[int] = []
-    real = engine.make_chunk
-
-    def counting(recipe, length, runs, batch_sharding=None):
-        chunk = real(recipe, length, runs, batch_sharding)
-
-        def call(*args):
-            ran.append(length)
-            return chunk(*args)
-
-        return call
-
-    monkeypatch.setattr(engine, "make_chunk", counting)
-    return ran
-
-
 # ----------------------------------------------------------------------------- optimiser
 def test_per_variable_normalisation():
     t = training.normalize_per_variable()
@@ -130,9 +112,9 @@ def test_per_variable_normalisation():
 
 
 # ----------------------------------------------------------------------------- exact resume
-def test_growing_resume_is_exact(trained, tmp_path, monkeypatch):
+def test_growing_resume_is_exact(trained, tmp_path, count_chunks):
     work = _copy(trained, tmp_path)
-    ran = _count_iterations(monkeypatch)
+    ran = count_chunks()
     resumed = _fit(work, 6, resume=True)
     assert sum(ran) == 2  # only iterations 5 and 6 ran: a restart from 0 would run 6
     _assert_trees_equal(trained.straight, resumed)
