@@ -16,16 +16,13 @@ compile run); ``--markdown`` adds tables for BUILD_NOTES.md. Measured:
 
 from __future__ import annotations
 
-import statistics
-import time
-
-import jax
-import numpy as np
 from absl import app, flags
 
-from benchmarks.common import emit, markdown_table
+from benchmarks.common import markdown_table
+from benchmarks.common import record as _record
+from benchmarks.common import time_chunk as _time_chunk
 from experiments import common
-from nca_adv import data, engine, fit, growing, jobs, mnist, training
+from nca_adv import data, fit, growing, jobs, mnist, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("which", ["lizard", "mnist", "sweep"], "Benchmarks to run.")
@@ -35,50 +32,6 @@ flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bou
 flags.DEFINE_integer("sweep_runs", 2, "Runs of the vmapped sweep.", lower_bound=2)
 flags.DEFINE_bool("markdown", False, "Also print markdown tables.")
 common.define_device_flags()
-
-
-def _time_chunk(recipe, shared, runs, length, repeats, sharding=None, per_call_sync=False):
-    """Median seconds per iteration of ``length`` iterations (after one compile run)."""
-    keys = np.stack([jax.random.PRNGKey(r.seed) for r in runs])
-    run_consts = engine.stack_runs([r.consts for r in runs])
-    states = engine.init_states(recipe, keys, shared, run_consts)
-    if per_call_sync:  # one jitted iteration per call, its loss read back: a host loop
-        step = engine.make_chunk(recipe, 1, len(runs), sharding)
-
-        def go(states):
-            for _ in range(length):
-                states, metrics = step(states, shared, run_consts)
-                float(np.asarray(metrics["loss"]).ravel()[0])
-            return states
-    else:
-        chunk = engine.make_chunk(recipe, length, len(runs), sharding)
-
-        def go(states):
-            states, metrics = chunk(states, shared, run_consts)
-            jax.block_until_ready(metrics)
-            return states
-
-    states = go(states)  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        states = go(states)
-        times.append((time.perf_counter() - t0) / length)
-    return statistics.median(times)
-
-
-def _record(name, variant, s_per_iter, **extra):
-    rec = {
-        "bench": name,
-        "variant": variant,
-        "s_per_iter": round(s_per_iter, 5),
-        "iter_per_s": round(1 / s_per_iter, 3),
-        "backend": jax.default_backend(),
-        "devices": jax.device_count(),
-        **extra,
-    }
-    emit(rec)
-    return rec
 
 
 def bench_lizard(mesh) -> list[dict]:

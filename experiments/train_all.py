@@ -1,12 +1,13 @@
 """Train every model the package ships, resumably, and print a table of the results.
 
 python -m experiments.train_all --preset=paper --workdir=runs/paper [--resume] [--export]
+python -m experiments.train_all --preset=cpu --workdir=/work/runs/cpu [--resume]   # attacks, CPU
 python -m experiments.train_all --preset=smoke --workdir=/tmp/smoke     # the same, tiny
 
 Models train in order (the attacks use the base models trained before them); each in
 ``WORKDIR/<model>/``. ``--export`` installs the results into the package's assets
 (``nca_adv/assets/models/<name>.npz``, ``nca_adv/assets/perturbations/<name>.npy``) with
-their loss curves. Adding a model is one line in ``MODELS``.
+their loss curves. Adding a model is one line in :func:`models_of`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from nca_adv import growing, io, jobs, mnist, perturbation, training
 from nca_adv.export import export_run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "paper", ["paper", "smoke"], "paper: the article's scale; smoke: tiny.")
+flags.DEFINE_enum(
+    "preset",
+    "paper",
+    ["paper", "cpu", "smoke"],
+    "paper: the article's scale; cpu: the growing attacks at what a 2-core CPU affords in a "
+    "session (BUILD_NOTES.md); smoke: tiny.",
+)
 flags.DEFINE_string("workdir", None, "Folder of the runs, one sub-folder per model.", required=True)
 flags.DEFINE_bool("resume", False, "Continue every model from its latest checkpoint.")
 flags.DEFINE_bool("export", False, "Install the results into the package's assets.")
@@ -56,13 +63,32 @@ class Preset(NamedTuple):
     growing_iterations: int
     mnist: mnist.MnistTrainConfig
     mnist_iterations: int
-    attack: growing.GrowingTrainConfig  # adversaries and perturbations
-    attack_iterations: int
+    adversary: growing.GrowingTrainConfig  # growing-CA adversaries
+    adversary_iterations: int
+    perturbation: growing.GrowingTrainConfig
+    perturbation_iterations: int
     mnist_attack_iterations: int
     attack_padding: int
     chunk: int
     checkpoint_every: int
+    adversary_init: str = "fresh"  # see trainers.growing_adversary_recipe
+    # The red adversary's fractions trained as one sweep (the 60 % run is shipped).
+    red_fractions: tuple[float, ...] = (0.1, 0.6)
+    # The perturbations, as sweeps trained one after another (names of PERTURBATIONS).
+    perturbation_groups: tuple[tuple[str, ...], ...] = (tuple(PERTURBATIONS),)
+    # Models this preset trains, in order (None: every model of MODELS).
+    models: tuple[str, ...] | None = None
 
+
+_SMOKE = growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1)
+# The CPU preset (BUILD_NOTES.md, "Growing attacks on a CPU"): padding 16 (72x72), batch 4,
+# the adversaries started from the base's weights, the 136-parameter matrices at 5x the
+# article's rate (the authors' red/blue/head matrices sit 0.23-0.31 from I: 150+ Adam steps
+# at 2e-3; 40 iterations moved ours 0.05); the attacks only (bases: the shipped models), the weakest first.
+_CPU_ADVERSARY = growing.GrowingTrainConfig(pool_size=256, batch_size=4, damage_n=1, lr_decay_at=600)
+_CPU_PERTURBATION = growing.GrowingTrainConfig(
+    pool_size=256, batch_size=4, damage_n=2, lr=1e-2, lr_decay_at=100
+)
 
 PRESETS = {
     "paper": Preset(
@@ -72,24 +98,46 @@ PRESETS = {
         100_000,
         growing.GrowingTrainConfig(),
         8000,
+        growing.GrowingTrainConfig(),
+        8000,
         2000,
         32,
         chunk=50,
         checkpoint_every=1000,
     ),
+    "cpu": Preset(
+        growing.GrowingTrainConfig(),
+        8000,
+        mnist.MnistTrainConfig(),
+        100_000,
+        _CPU_ADVERSARY,
+        300,
+        _CPU_PERTURBATION,
+        150,
+        2000,
+        16,
+        chunk=5,
+        checkpoint_every=10,
+        adversary_init="base",
+        red_fractions=(0.6,),
+        perturbation_groups=(("lizard_red", "lizard_blue"), ("lizard_no_tail", "lizard_no_leg", "lizard_no_arm", "lizard_no_head")),
+        models=("lizard_no_tail_adversary", "lizard_red_adversary", "perturbations_red_blue", "perturbations_tail_leg_arm_head", "lizard_red10_adversary"),
+    ),
     "smoke": Preset(
-        growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1),
+        _SMOKE,
         3,
         mnist.MnistTrainConfig(pool_size=8, batch_size=4, steps=2, new_n=1, mutate_n=1),
         3,
-        growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1),
+        _SMOKE,
+        2,
+        _SMOKE,
         2,
         2,
         0,
         chunk=2,
         checkpoint_every=2,
     ),
-}
+}  # fmt: skip
 
 
 class Model(NamedTuple):
@@ -97,23 +145,52 @@ class Model(NamedTuple):
     MNIST dir) and how many iterations the preset gives it."""
 
     name: str
-    kind: str  # growing | mnist | perturbation
+    kind: str  # growing | mnist | perturbation | record (trained for the report, not shipped)
     job: Callable[[Preset, dict, str | None], jobs.Job]
     iterations: Callable[[Preset], int]
 
 
-def _pad(ps: Preset) -> int:
-    return ps.attack_padding
+def _adversary(target: str, fractions) -> Callable[[Preset, dict, str | None], jobs.Job]:
+    def job(ps: Preset, done: dict, mnist_dir: str | None) -> jobs.Job:
+        fr = fractions(ps) if callable(fractions) else fractions
+        return jobs.growing_adversary_job(
+            done["lizard"], [target], fr, [0], ps.adversary, ps.attack_padding, ps.adversary_init
+        )
+
+    return job
 
 
-MODELS = [
-    Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing), lambda ps: ps.growing_iterations),
-    Model("mnist", "mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
-    Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
-    Model("lizard_no_tail_adversary", "growing", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_no_tail"], [0.1], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
-    Model("lizard_red_adversary", "growing", lambda ps, done, d: jobs.growing_adversary_job(done["lizard"], ["lizard_red"], [0.1, 0.6], [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
-    Model("perturbations", "perturbation", lambda ps, done, d: jobs.perturbation_job(done["lizard"], list(PERTURBATIONS), [0], ps.attack, _pad(ps)), lambda ps: ps.attack_iterations),
-]  # fmt: skip
+def _perturbations(group: tuple[str, ...]) -> Callable[[Preset, dict, str | None], jobs.Job]:
+    def job(ps: Preset, done: dict, mnist_dir: str | None) -> jobs.Job:
+        return jobs.perturbation_job(done["lizard"], list(group), [0], ps.perturbation, ps.attack_padding)
+
+    return job
+
+
+def _group_name(group: tuple[str, ...]) -> str:
+    return "perturbations_" + "_".join(PERTURBATIONS[t] for t in group)
+
+
+def models_of(ps: Preset) -> list[Model]:
+    """The models a preset trains, in order."""
+    adversary_its = lambda ps: ps.adversary_iterations  # noqa: E731
+    perturbation_its = lambda ps: ps.perturbation_iterations  # noqa: E731
+    every = [
+        Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing), lambda ps: ps.growing_iterations),
+        Model("mnist", "mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
+        Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
+        Model("lizard_no_tail_adversary", "growing", _adversary("lizard_no_tail", [0.1]), adversary_its),
+        Model("lizard_red_adversary", "growing", _adversary("lizard_red", lambda ps: list(ps.red_fractions)), adversary_its),
+        Model("lizard_red10_adversary", "record", _adversary("lizard_red", [0.1]), adversary_its),
+    ]  # fmt: skip
+    if len(ps.perturbation_groups) == 1:
+        every.append(Model("perturbations", "perturbation", _perturbations(ps.perturbation_groups[0]), perturbation_its))
+    else:
+        every += [Model(_group_name(g), "perturbation", _perturbations(g), perturbation_its) for g in ps.perturbation_groups]  # fmt: skip
+    by_name = {m.name: m for m in every}
+    if ps.models is None:
+        return [m for m in every if m.name != "lizard_red10_adversary"]
+    return [by_name[n] for n in ps.models]
 
 
 def _write_curve(metrics: Path, out: Path) -> None:
@@ -138,7 +215,7 @@ def _export(model: Model, summary: dict, assets: Path) -> list[str]:
             shutil.copyfile(result, dest / f"{name}.npy")
             _write_curve(folder / "metrics.jsonl", dest / f"{name}_metrics.csv")
             written.append(str(dest / f"{name}.npy"))
-        elif model.name == "lizard_red_adversary" and run != "p0.6":
+        elif model.kind == "record" or (model.name == "lizard_red_adversary" and run == "p0.1"):
             continue  # the article's 10 % failure is trained for the record, not shipped
         else:
             out = export_run(folder, model.kind, model.name, assets / "models", force=True)
@@ -149,12 +226,14 @@ def _export(model: Model, summary: dict, assets: Path) -> list[str]:
 def main(argv):
     del argv
     common.configure_devices()
-    unknown = set(FLAGS.only) - {m.name for m in MODELS}
+    ps = PRESETS[FLAGS.preset]
+    models = models_of(ps)
+    unknown = set(FLAGS.only) - {m.name for m in models}
     if unknown:
         raise app.UsageError(
-            f"--only: unknown models {sorted(unknown)}; known: {[m.name for m in MODELS]}"
+            f"--only: unknown models {sorted(unknown)} for --preset={FLAGS.preset}; "
+            f"known: {[m.name for m in models]}"
         )
-    ps = PRESETS[FLAGS.preset]
     root = Path(FLAGS.workdir)
     mesh = training.data_mesh(FLAGS.num_devices or None)
     done: dict[str, str] = {
@@ -162,7 +241,7 @@ def main(argv):
         "mnist": "mnist",
     }  # bases default to the shipped models when not retrained here
     rows, results = [], {}
-    for model in MODELS:
+    for model in models:
         if FLAGS.only and model.name not in FLAGS.only:
             continue
         workdir = root / model.name

@@ -109,8 +109,10 @@ def growing_adversary_job(
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
     padding: int = 32,
+    adversary_init: str = "fresh",
 ) -> Job:
-    """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed)."""
+    """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
+    ``adversary_init`` see :func:`nca_adv.trainers.growing_adversary_recipe`."""
     for p in fractions:
         _check_fraction(p)
     base_params = io.load_model(base, "growing")
@@ -122,7 +124,10 @@ def growing_adversary_job(
     shared = {"base": base_params, "grown": _grown(base_params, h, w)}
     cfg = {"trainer": "growing_adversary", "base": base, "targets": list(target_specs)}
     cfg.update(fractions=list(fractions), seeds=list(seeds), padding=padding, **config._asdict())
-    return Job(trainers.growing_adversary_recipe(config), shared, runs, cfg, _save_model("growing"))
+    if adversary_init != "fresh":  # recorded only when set, so older workdirs still resume
+        cfg["adversary_init"] = adversary_init
+    recipe = trainers.growing_adversary_recipe(config, adversary_init)
+    return Job(recipe, shared, runs, cfg, _save_model("growing"))
 
 
 def perturbation_job(

@@ -37,18 +37,19 @@ Step = Callable[[jax.Array, jax.Array], jax.Array]
 def growing_family(
     config: growing.GrowingTrainConfig,
     *,
-    init_params: Callable[[jax.Array], Any],
+    init_params: Callable[[jax.Array, Any], Any],
     make_step: Callable[[Any, Any, Pool], Step],
     pool_init: Callable[[jax.Array, Any, Any, int], Pool],
     fresh: Callable[[jax.Array, Any, Any], Pool],
 ) -> Recipe:
     """The growing recipe. ``make_step(params, shared, batch)`` builds the CA step being
     trained; ``pool_init(key, shared, run, n)`` the first pool; ``fresh(key, shared, run)``
-    the samples (leading axis = number of reset slots) that replace the highest-loss ones."""
+    the samples (leading axis = number of reset slots) that replace the highest-loss ones;
+    ``init_params(key, shared)`` the parameters training starts from."""
 
     def init(key, shared, run):
         k_params, k_pool = jax.random.split(key)
-        return init_params(k_params), pool_init(k_pool, shared, run, config.pool_size)
+        return init_params(k_params, shared), pool_init(k_pool, shared, run, config.pool_size)
 
     def prepare(batch, shared, run, key):
         k_fresh, k_damage = jax.random.split(key)
@@ -89,18 +90,25 @@ def growing_recipe(config: growing.GrowingTrainConfig = growing.GrowingTrainConf
     shared: ``seed`` (H, W, 16); run: ``target`` (H, W, 4)."""
     return growing_family(
         config,
-        init_params=growing.init_growing_params,
+        init_params=lambda key, shared: growing.init_growing_params(key),
         make_step=lambda params, shared, batch: growing_step_of(params, config.fire_rate),
         pool_init=lambda key, shared, run, n: {"x": _copies(shared["seed"], n)},
         fresh=lambda key, shared, run: {"x": shared["seed"][None]},
     )
 
 
+ADVERSARY_INITS = ("fresh", "base")
+
+
 def growing_adversary_recipe(
     config: growing.GrowingTrainConfig = growing.GrowingTrainConfig(),
+    init: str = "fresh",
 ) -> Recipe:
-    """Adversarial cells for a frozen Growing CA: a fresh CA of the same architecture runs
-    on the cells of each sample's mask. Pool: copies of the grown lizard, each with its own
+    """Adversarial cells for a frozen Growing CA: a CA of the same architecture runs
+    on the cells of each sample's mask. ``init``: ``fresh`` (the article: new parameters,
+    last kernel zero) or ``base`` (start from a copy of the frozen base, so the adversary
+    begins as an ordinary cell that already speaks the lizard's hidden-channel language:
+    far fewer iterations on a CPU). Pool: copies of the grown lizard, each with its own
     mask (uniform < p AND alpha >= 0.1 of the mutated target); slot 0 := the grown lizard
     with a new mask; damage cuts the state, masks unchanged.
     shared: ``base`` params, ``grown`` (H, W, 16); run: ``target``, ``fraction`` p."""
@@ -113,9 +121,17 @@ def growing_adversary_recipe(
         adversary = growing_step_of(params, config.fire_rate)
         return adversaries.with_adversaries(adversary, batch["mask"])(base)
 
+    if init not in ADVERSARY_INITS:
+        raise ValueError(f"adversary init must be one of {ADVERSARY_INITS}, got {init!r}")
+
+    def init_params(key, shared):
+        if init == "base":
+            return jax.tree.map(jnp.array, shared["base"])
+        return growing.init_growing_params(key)
+
     return growing_family(
         config,
-        init_params=growing.init_growing_params,
+        init_params=init_params,
         make_step=make_step,
         pool_init=lambda key, shared, run, n: {
             "x": _copies(shared["grown"], n),
@@ -143,7 +159,7 @@ def perturbation_recipe(
 
     return growing_family(
         config,
-        init_params=lambda key: perturbation.init_matrix(),
+        init_params=lambda key, shared: perturbation.init_matrix(),
         make_step=make_step,
         pool_init=pool_init,
         fresh=lambda key, shared, run: {"x": jnp.stack([shared["seed"], shared["grown"]])},
