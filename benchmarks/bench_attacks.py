@@ -16,7 +16,8 @@ from absl import flags
 
 from benchmarks.common import markdown_table, record, time_chunk
 from experiments import common
-from nca_adv import fit, growing, jobs, training
+from nca_adv.models import growing
+from nca_adv.training import fit, jobs, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("kinds", ["adversary", "perturbation"], "Attacks to time.")
@@ -44,7 +45,7 @@ def _job(kind: str, padding: int, batch: int) -> jobs.Job:
 def main(argv):
     del argv
     common.configure_devices()
-    mesh = training.data_mesh(FLAGS.num_devices or None)
+    mesh = runtime.data_mesh(FLAGS.num_devices or None)
     records = []
     for kind in FLAGS.kinds:
         for padding in map(int, FLAGS.paddings):

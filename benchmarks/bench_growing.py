@@ -15,7 +15,10 @@ from absl import app, flags
 
 from benchmarks.common import emit, markdown_table, time_fn
 from experiments.common import int_list, run
-from nca_adv import growing, io, perceive, targets, training
+from nca_adv import io
+from nca_adv.io import targets
+from nca_adv.models import growing, perceive
+from nca_adv.training import runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer(
@@ -41,13 +44,13 @@ def main(argv):
     h, w = target.shape[:2]
     # Start from a grown lizard so the alive masks and values are realistic.
     grown = growing.rollout(params, growing.seed_state(h, w), jax.random.PRNGKey(0), 100)
-    mesh = training.data_mesh()
+    mesh = runtime.data_mesh()
     n_dev = mesh.devices.size
     fwd = []
     for b in batches:
         x0 = jnp.broadcast_to(grown, (b, h, w, growing.CHANNELS))
         if b % n_dev == 0:
-            x0 = jax.device_put(x0, training.batch_sharding(mesh))
+            x0 = jax.device_put(x0, runtime.batch_sharding(mesh))
         for name, fn in PERCEPTIONS.items():
             med, best = time_fn(
                 lambda fn=fn, x0=x0: growing.rollout(
@@ -72,10 +75,10 @@ def main(argv):
     if not FLAGS.train:
         return
     config = growing.GrowingTrainConfig(max_steps=FLAGS.steps)
-    opt = training.make_optimizer(2e-3, {})
+    opt = runtime.make_optimizer(2e-3, {})
     x0 = jax.device_put(
         jnp.broadcast_to(grown, (8, h, w, growing.CHANNELS)),
-        training.batch_sharding(mesh) if 8 % n_dev == 0 else None,
+        runtime.batch_sharding(mesh) if 8 % n_dev == 0 else None,
     )
     train = []
     for name, fn in PERCEPTIONS.items():

@@ -18,7 +18,10 @@ from absl import flags
 
 from benchmarks.common import emit, markdown_table, time_fn
 from experiments.common import run
-from nca_adv import data, io, mnist, perceive, training
+from nca_adv import io
+from nca_adv.io import data
+from nca_adv.models import mnist, perceive
+from nca_adv.training import runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).", lower_bound=1)
@@ -60,7 +63,7 @@ def main(argv):
     splits = data.load_mnist()
     images = data.to_float(splits.test_images)
     labels = splits.test_labels.astype(np.int32)
-    opt = training.make_optimizer(1e-3, {})
+    opt = runtime.make_optimizer(1e-3, {})
     state = opt.init(params)
     x0 = mnist.seed_states(images[:16])
     lab = jnp.asarray(labels[:16])

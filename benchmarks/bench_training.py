@@ -22,7 +22,9 @@ from benchmarks.common import markdown_table
 from benchmarks.common import record as _record
 from benchmarks.common import time_chunk as _time_chunk
 from experiments import common
-from nca_adv import data, fit, growing, jobs, mnist, training
+from nca_adv.io import data
+from nca_adv.models import growing, mnist
+from nca_adv.training import fit, jobs, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("which", ["lizard", "mnist", "sweep"], "Benchmarks to run.")
@@ -84,7 +86,7 @@ def bench_sweep(mesh) -> list[dict]:
 def main(argv):
     del argv
     common.configure_devices()
-    mesh = training.data_mesh(FLAGS.num_devices or None)
+    mesh = runtime.data_mesh(FLAGS.num_devices or None)
     benches = {"lizard": bench_lizard, "mnist": bench_mnist, "sweep": bench_sweep}
     unknown = set(FLAGS.which) - set(benches)
     if unknown:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from nca_adv import engine
+from nca_adv.training import engine
 
 
 def time_fn(fn: Callable[[], object], repeats: int = 5) -> tuple[float, float]:

@@ -100,11 +100,11 @@ def float_list(name: str) -> list[float]:
 def train_job(job) -> None:
     """The trainers' shared tail: train ``job`` on the common flags (one program for all
     its runs), save each run's result and print a JSON summary as the last stdout line."""
-    from nca_adv import jobs, training
+    from nca_adv.training import jobs, runtime
 
     f = flags.FLAGS
     check_output_dir(f.workdir, "workdir")
-    mesh = training.data_mesh(f.num_devices or None)
+    mesh = runtime.data_mesh(f.num_devices or None)
     summary = jobs.run_job(
         job,
         f.workdir,
@@ -135,7 +135,7 @@ def define_growing_recipe_flags(padding: int) -> None:
 
 def growing_config_from_flags():
     """A :class:`growing.GrowingTrainConfig` from the growing recipe's flags, checked."""
-    from nca_adv import growing
+    from nca_adv.models import growing
 
     f = flags.FLAGS
     if f.max_steps < f.min_steps:
@@ -183,7 +183,7 @@ def define_mnist_recipe_flags() -> None:
 
 def mnist_config_from_flags():
     """A :class:`mnist.MnistTrainConfig` from the MNIST recipe's flags, checked."""
-    from nca_adv import mnist
+    from nca_adv.models import mnist
 
     f = flags.FLAGS
     if f.batch_size > f.pool_size:

@@ -17,18 +17,12 @@ import numpy as np
 from absl import app, flags
 
 from experiments.common import check_output_file, print_result, run
-from nca_adv import (
-    adversaries,
-    adversary_eval,
-    adversary_pictures,
-    growing,
-    io,
-    masks,
-    perturbation,
-    perturbation_eval,
-    targets,
-    video,
-)
+from nca_adv import io
+from nca_adv.attacks import adversaries, perturbation
+from nca_adv.evaluation import adversary_eval, perturbation_eval
+from nca_adv.io import targets
+from nca_adv.media import adversary_pictures, video
+from nca_adv.models import growing, masks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -26,8 +26,13 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments.common import check_output_file, print_result, run
-from nca_adv import adversaries, adversary_eval, adversary_pictures, data, io, mnist, video
+from nca_adv import io
+from nca_adv.attacks import adversaries
 from nca_adv.errors import UserError
+from nca_adv.evaluation import adversary_eval
+from nca_adv.io import data
+from nca_adv.media import adversary_pictures, video
+from nca_adv.models import mnist
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

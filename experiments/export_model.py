@@ -12,7 +12,7 @@ from absl import flags
 
 from experiments.common import check_output_dir, print_result, run
 from nca_adv import io
-from nca_adv.export import PACKAGE_MODELS, export_run
+from nca_adv.io.export import PACKAGE_MODELS, export_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -14,7 +14,8 @@ from absl import flags
 from PIL import Image
 
 from experiments.common import check_output_dir, check_output_file, print_result, run
-from nca_adv import target_edits, targets, video
+from nca_adv.io import target_edits, targets
+from nca_adv.media import video
 
 FLAGS = flags.FLAGS
 

@@ -20,7 +20,11 @@ from absl import app, flags
 
 from experiments import cli
 from experiments.common import print_result
-from nca_adv import io, perturbation, perturbation_eval, targets, video
+from nca_adv import io
+from nca_adv.attacks import perturbation
+from nca_adv.evaluation import perturbation_eval
+from nca_adv.io import targets
+from nca_adv.media import video
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "lizard", "The CA: shipped name, .npz, TF.js .json or a workdir.")

@@ -16,18 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import (
-    adversaries,
-    adversary_eval,
-    adversary_pictures,
-    data,
-    growing,
-    io,
-    mnist,
-    report,
-    targets,
-    video,
-)
+from nca_adv import io
+from nca_adv.attacks import adversaries
+from nca_adv.evaluation import adversary_eval
+from nca_adv.io import data, targets
+from nca_adv.media import adversary_pictures, report, video
+from nca_adv.models import growing, mnist
 
 MNIST_DIGITS = 6  # first test digits that are not 8: every MNIST number and curve
 MNIST_STEPS = 200

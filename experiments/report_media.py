@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from nca_adv import report, video
+from nca_adv.media import report, video
 
 PAGE_WIDTH = 960  # pixels a picture may span in the report
 

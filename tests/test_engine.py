@@ -1,4 +1,4 @@
-"""The training engine (nca_adv.engine, nca_adv.fit, nca_adv.jobs): exact resume of the
+"""The training engine (nca_adv.training.engine, nca_adv.training.fit, nca_adv.training.jobs): exact resume of the
 MNIST trainer, sweeps equal to their single runs, attack recipes that train only the
 attack, and placement over several (fake CPU) devices."""
 
@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from nca_adv import data, engine, fit, growing, io, jobs, mnist, trainers, training
+from nca_adv import io
+from nca_adv.io import data
+from nca_adv.models import growing, mnist
+from nca_adv.training import engine, fit, jobs, runtime, trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 # The growing configuration of test_training.py (keep them equal: one compiled program
@@ -163,7 +166,7 @@ def test_sweep_runs_equal_single_runs(tmp_path):
         for _ in range(4):
             state, metrics = chunk(state, job.shared, consts)
             losses.append(float(np.asarray(metrics["loss"])[0, 0]))
-        records = training.read_metrics(folder / "metrics.jsonl")
+        records = runtime.read_metrics(folder / "metrics.jsonl")
         assert [r["iteration"] for r in records] == [1, 2, 3, 4]
         np.testing.assert_allclose([r["loss"] for r in records], losses, rtol=1e-5)
         assert summary[run.name]["final_loss"] == records[-1]["loss"]
@@ -298,7 +301,8 @@ from pathlib import Path
 import jax
 jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np
-from nca_adv import fit, growing, trainers, training
+from nca_adv.models import growing
+from nca_adv.training import fit, trainers, runtime
 
 wd = Path(sys.argv[1])
 recipe_config = growing.GrowingTrainConfig(*json.loads(sys.argv[2]))
@@ -329,7 +333,7 @@ def far(a, b):  # the largest share of weights not close, over the leaves
 def losses(metrics):
     return [[json.loads(l)["loss"] for l in m.splitlines()] for m in metrics]
 
-mesh = {n: training.data_mesh(n) for n in (1, 2, 8)}
+mesh = {n: runtime.data_mesh(n) for n in (1, 2, 8)}
 out = {"devices": len(jax.devices())}
 # One run, its batch of 8 split over 8 devices, against one device.
 s1, m1, d1 = train("one_d1", one, 4, mesh[1])

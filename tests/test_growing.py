@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca_adv import growing, masks, training, update
+from nca_adv.models import growing, masks, update
+from nca_adv.training import runtime
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_train_step_lowers_loss_on_tiny_target():
     target = np.zeros((16, 16, 4), np.float32)
     target[6:10, 6:10] = [0.8, 0.1, 0.1, 1.0]
     config = growing.GrowingTrainConfig(min_steps=8, max_steps=12)
-    opt = training.make_optimizer(2e-3, {})
+    opt = runtime.make_optimizer(2e-3, {})
     params = growing.init_growing_params(jax.random.PRNGKey(0))
     state = opt.init(params)
     step = growing.make_growing_train_step(opt, config)

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from nca_adv import growing, io, mnist
+from nca_adv import io
+from nca_adv.models import growing, mnist
 
 
 def _flat(params, kind):

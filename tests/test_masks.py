@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import masks
+from nca_adv.models import masks
 
 
 def test_alive_is_maxpool3x3_of_alpha_over_threshold():

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nca_adv import mnist, training, update
+from nca_adv.models import mnist, update
+from nca_adv.training import runtime
 
 
 def _digits(n=6, size=10, seed=0):
@@ -123,7 +124,7 @@ def test_refresh_batch_replaces_and_mutates():
 def test_train_step_lowers_loss(params):
     img, lab = _digits(n=8)
     config = mnist.MnistTrainConfig(steps=8)
-    opt = training.make_optimizer(1e-3, {})
+    opt = runtime.make_optimizer(1e-3, {})
     p = mnist.init_mnist_params(jax.random.PRNGKey(0))
     state = opt.init(p)
     step = mnist.make_mnist_train_step(opt, config)

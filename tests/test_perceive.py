@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import perceive
+from nca_adv.models import perceive
 
 
 def test_sobel_kernels_by_hand():

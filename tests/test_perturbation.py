@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from test_experiments import launch
 
-from nca_adv import growing, io, targets
-from nca_adv import perturbation as P
-from nca_adv import perturbation_eval as PE
+from nca_adv import io
+from nca_adv.attacks import perturbation as P
+from nca_adv.evaluation import perturbation_eval as PE
+from nca_adv.io import targets
+from nca_adv.models import growing
 
 KEY = jax.random.PRNGKey(0)
 
@@ -325,7 +327,7 @@ def test_report_section_with_shipped_matrices(monkeypatch, tmp_path):
     """The report section on the shipped-matrices path (six random near-I matrices put in
     a temporary assets folder), with tiny step counts."""
     from experiments import report_perturbations as RP
-    from nca_adv import report
+    from nca_adv.media import report
 
     folder = tmp_path / "perturbations"
     folder.mkdir()

@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import data, growing, io, mnist, targets
+from nca_adv import io
+from nca_adv.io import data, targets
+from nca_adv.models import growing, mnist
 
 # A numpy re-run of the original maths: MSE 2.2e-4 at step 200 from the seed.
 REFERENCE_LIZARD_MSE = 2.2e-4

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nca_adv import report, video
+from nca_adv.media import report, video
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--mnist_digits=16", "--swap_digits=4", "--growing_runs=2", "--sections=lizard,mnist"]

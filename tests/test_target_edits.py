@@ -6,8 +6,8 @@ from PIL import Image
 from test_experiments import launch
 
 from experiments import make_targets
-from nca_adv import target_edits as te
-from nca_adv import targets
+from nca_adv.io import target_edits as te
+from nca_adv.io import targets
 
 EDITS = ["lizard_no_tail", "lizard_no_leg", "lizard_no_arm", "lizard_no_head"]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nca_adv import targets
+from nca_adv.io import targets
 
 
 def test_shipped_lizard_preprocessing():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nca_adv import io, perturbation
+from nca_adv import io
+from nca_adv.attacks import perturbation
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The host loop (nca_adv.fit, nca_adv.training): exact resume of the growing trainer,
+"""The host loop (nca_adv.training.fit, nca_adv.training.runtime): exact resume of the growing trainer,
 resume you can trust (missing, incomplete, corrupt or foreign checkpoints, torn metrics,
 locked workdirs) and a real SIGKILL of ``experiments.train_growing``."""
 
@@ -18,7 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from nca_adv import engine, fit, growing, io, jobs, mnist, targets, trainers, training
+from nca_adv import io
+from nca_adv.io import targets
+from nca_adv.models import growing, mnist
+from nca_adv.training import engine, fit, jobs, runtime, trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 # One tiny configuration for every growing run here and in test_engine.py, on the
@@ -76,7 +79,7 @@ def _assert_trees_equal(a, b):
 
 
 def _iterations(path) -> list[int]:
-    return [r["iteration"] for r in training.read_metrics(path)]
+    return [r["iteration"] for r in runtime.read_metrics(path)]
 
 
 def _snapshot(workdir: Path) -> dict[str, bytes]:
@@ -104,7 +107,7 @@ def _copy(trained, tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- optimiser
 def test_per_variable_normalisation():
-    t = training.normalize_per_variable()
+    t = runtime.normalize_per_variable()
     g = {"a": np.array([3.0, 4.0]), "b": np.array([[0.0]])}
     out, _ = t.update(g, t.init(g))
     np.testing.assert_allclose(out["a"], [0.6, 0.8], rtol=1e-6)
@@ -135,14 +138,14 @@ def test_workdir_params_load_as_model(trained):
 # ----------------------------------------------------------------------------- refusals
 def test_resume_without_usable_checkpoint_refused(trained, tmp_path):
     misspelt = tmp_path / "misspelt"
-    with pytest.raises(training.CheckpointError, match="no checkpoints/.*drop --resume"):
+    with pytest.raises(runtime.CheckpointError, match="no checkpoints/.*drop --resume"):
         _fit(misspelt, 6, resume=True)
     assert not misspelt.exists()
 
     deleted = _copy(trained, tmp_path / "deleted")
     shutil.rmtree(deleted / "checkpoints")
     before = _snapshot(deleted)
-    with pytest.raises(training.CheckpointError, match="no checkpoints/"):
+    with pytest.raises(runtime.CheckpointError, match="no checkpoints/"):
         _fit(deleted, 6, resume=True)
     assert _snapshot(deleted) == before and len(before) == 3
 
@@ -152,7 +155,7 @@ def test_resume_without_usable_checkpoint_refused(trained, tmp_path):
         (ckpts / str(step)).rename(ckpts / f"{step}.orbax-checkpoint-tmp-1700000000{step}")
         (ckpts / f"{step}.sha256").unlink()
     before = _snapshot(incomplete)
-    with pytest.raises(training.CheckpointError, match="no usable checkpoint.*incomplete"):
+    with pytest.raises(runtime.CheckpointError, match="no usable checkpoint.*incomplete"):
         _fit(incomplete, 6, resume=True)
     assert _snapshot(incomplete) == before
 
@@ -161,7 +164,7 @@ def test_resume_with_other_config_names_the_differences(trained, tmp_path):
     work = _copy(trained, tmp_path)
     before = _snapshot(work)
     other = {**CONFIG, "lr": 1e-3, "batch_size": 4, "seeds": [1]}
-    with pytest.raises(training.CheckpointError, match="differs") as err:
+    with pytest.raises(runtime.CheckpointError, match="differs") as err:
         _fit(work, 6, resume=True, config=other)
     named = set(re.findall(r"(\w+): ", str(err.value).split(f"{work}: ")[1]))
     assert named == {"lr", "batch_size", "seeds"}, str(err.value)
@@ -174,31 +177,31 @@ def test_fresh_start_in_used_workdir_refused_untouched(trained, tmp_path):
     work = _copy(trained, tmp_path)
     before = _snapshot(work)
     other = {**CONFIG, "lr": 1e-3}
-    with pytest.raises(training.CheckpointError, match="pass --resume"):
+    with pytest.raises(runtime.CheckpointError, match="pass --resume"):
         _fit(work, 6, config=other)
     assert _snapshot(work) == before
-    with pytest.raises(training.CheckpointError, match="lr: 0.002 -> 0.001"):
+    with pytest.raises(runtime.CheckpointError, match="lr: 0.002 -> 0.001"):
         _fit(work, 6, resume=True, config=other)
 
 
 def test_resume_past_requested_iterations_refused(trained, tmp_path):
     work = _copy(trained, tmp_path)
     before = _snapshot(work)
-    with pytest.raises(training.CheckpointError, match="at iteration 4, past the requested 2"):
+    with pytest.raises(runtime.CheckpointError, match="at iteration 4, past the requested 2"):
         _fit(work, 2, resume=True)
     assert _snapshot(work) == before
 
 
 def test_locked_workdir_refused(tmp_path):
-    lock = training.WorkdirLock(tmp_path)
+    lock = runtime.WorkdirLock(tmp_path)
     try:
-        with pytest.raises(training.CheckpointError, match=f"in use .*pid {os.getpid()}"):
+        with pytest.raises(runtime.CheckpointError, match=f"in use .*pid {os.getpid()}"):
             _fit(tmp_path, 2)
     finally:
         lock.release()
     assert not (tmp_path / "metrics.jsonl").exists()
     assert not (tmp_path / "checkpoints").exists()
-    training.WorkdirLock(tmp_path).release()  # free again
+    runtime.WorkdirLock(tmp_path).release()  # free again
 
 
 def test_fit_rejects_bad_arguments(tmp_path):
@@ -219,7 +222,7 @@ def test_fit_rejects_bad_arguments(tmp_path):
 def test_non_finite_loss_names_run_and_iteration(tmp_path):
     with pytest.raises(FloatingPointError, match="run lizard: loss became nan at iteration 1"):
         _fit(tmp_path, 2, target=_target(nan=True))
-    training.WorkdirLock(tmp_path).release()  # the failed fit let go of its workdir
+    runtime.WorkdirLock(tmp_path).release()  # the failed fit let go of its workdir
 
 
 def test_mnist_shared_rejects_bad_data():
@@ -277,7 +280,7 @@ def test_no_restorable_checkpoint_refused(trained, tmp_path):
         for f in _data_files(work / "checkpoints" / str(step)):
             f.write_bytes(b"\0garbage" * 3)
     before = _snapshot(work)
-    with pytest.raises(training.CheckpointError, match="no restorable checkpoint"):
+    with pytest.raises(runtime.CheckpointError, match="no restorable checkpoint"):
         _fit(work, 6, resume=True)
     assert _snapshot(work) == before
     with pytest.raises(io.ModelFormatError, match="cannot be read"):

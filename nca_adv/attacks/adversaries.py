@@ -4,7 +4,7 @@ runs in a few cells of the grid and reprograms the collective.
 The attack is a step transform, :func:`with_adversaries`; the masks say where the
 adversaries sit (:func:`mnist_adversary_masks`, :func:`growing_adversary_masks`);
 :func:`check_compatible` / :func:`load_adversary` pair a base with an adversary. The
-evaluations are in :mod:`nca_adv.adversary_eval`.
+evaluations are in :mod:`nca_adv.evaluation.adversary_eval`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import io, mnist
-from nca_adv.masks import ALPHA_CHANNEL
+from nca_adv import io
+from nca_adv.models import mnist
+from nca_adv.models.masks import ALPHA_CHANNEL
 
 Step = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -1,4 +1,4 @@
-"""Evaluations of adversarial-cell attacks (:mod:`nca_adv.adversaries`): a frozen base and
+"""Evaluations of adversarial-cell attacks (:mod:`nca_adv.attacks.adversaries`): a frozen base and
 an adversary rolled out together, the article's protocols and measures, and the
 attack-success curves (one program, ``vmap`` over the adversary fraction and seeds).
 
@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import adversaries, growing, mnist
-from nca_adv.masks import ALPHA_CHANNEL
-from nca_adv.rollout import scan_steps
+from nca_adv.attacks import adversaries
+from nca_adv.models import growing, mnist
+from nca_adv.models.masks import ALPHA_CHANNEL
+from nca_adv.models.rollout import scan_steps
 
 
 # ----------------------------------------------------------------------------- MNIST

@@ -75,7 +75,7 @@ class HtmlReport:
         poster: str | os.PathLike | None = None,
     ) -> None:
         """A looping, muted video. With a ``poster`` (an image, e.g. from
-        :func:`nca_adv.video.save_poster`) the page shows it until the reader presses play
+        :func:`nca_adv.media.video.save_poster`) the page shows it until the reader presses play
         (a video's first frame is often blank); without one the video plays at once."""
         w = f' width="{width}"' if width else ""
         w += f' poster="{self._rel(poster)}" preload="metadata"' if poster else " autoplay"

@@ -1,7 +1,7 @@
 """Update rules: the per-cell networks that turn perception into a state change.
 
 Parameters are flax ``params`` dicts (``module.init(...)["params"]``); the shipped and
-imported weights map onto them one to one (see :mod:`nca_adv.io`).
+imported weights map onto them one to one (see :mod:`nca_adv.io.weights`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class MnistUpdate(nn.Module):
     matmul on im2col patches, then Dense 80->80 + ReLU, Dense 80->19 (zero-initialised).
 
     Taking patches rather than a grid lets the same parameters run on the whole grid
-    (:func:`nca_adv.perceive.im2col3x3`) or on a gathered list of alive cells, and turns
+    (:func:`nca_adv.models.perceive.im2col3x3`) or on a gathered list of alive cells, and turns
     the convolution's gradient into a matmul (fast on CPU, unlike ``lax.conv``'s).
     """
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nca_adv.perceive import im2col3x3
-from nca_adv.rollout import scan_steps
-from nca_adv.update import MnistUpdate, init_params
+from nca_adv.models.perceive import im2col3x3
+from nca_adv.models.rollout import scan_steps
+from nca_adv.models.update import MnistUpdate, init_params
 
 CHANNELS = 20
 NUM_CLASSES = 10

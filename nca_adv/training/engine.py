@@ -14,7 +14,7 @@ any recipe into
 Every function takes ``shared`` (constants common to all runs: frozen base parameters,
 the data set) and ``run`` (per-run constants: the target, the adversary fraction), both
 pytrees; only ``state`` changes. The host loop around chunks (metrics files, progress,
-checkpoints) is :func:`nca_adv.training.fit`.
+checkpoints) is :func:`nca_adv.training.runtime.fit`.
 """
 
 from __future__ import annotations

@@ -300,7 +300,7 @@ def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
         raise ModelFormatError(f"checkpoint {path} holds no 'params'")
     hash_file = path.parent / f"{path.name}.sha256"  # written beside it by training.Checkpointer
     if hash_file.is_file():
-        from nca_adv.training import content_hash
+        from nca_adv.training.runtime import content_hash
 
         if hash_file.read_text().strip() != content_hash(state):
             raise ModelFormatError(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nca_adv import video
-from nca_adv.masks import ALIVE_THRESHOLD, ALPHA_CHANNEL
+from nca_adv.media import video
+from nca_adv.models.masks import ALIVE_THRESHOLD, ALPHA_CHANNEL
 
 
 def growing_frames(

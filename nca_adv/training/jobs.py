@@ -16,8 +16,12 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from nca_adv import data, engine, growing, io, mnist, perturbation, targets, trainers
-from nca_adv.fit import Run, fit, run_dirs
+from nca_adv import io
+from nca_adv.attacks import perturbation
+from nca_adv.io import data, targets
+from nca_adv.models import growing, mnist
+from nca_adv.training import engine, trainers
+from nca_adv.training.fit import Run, fit, run_dirs
 
 GROW_STEPS = 200  # the adversary and perturbation pools start from the lizard grown this long
 
@@ -112,7 +116,7 @@ def growing_adversary_job(
     adversary_init: str = "fresh",
 ) -> Job:
     """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
-    ``adversary_init`` see :func:`nca_adv.trainers.growing_adversary_recipe`."""
+    ``adversary_init`` see :func:`nca_adv.training.trainers.growing_adversary_recipe`."""
     for p in fractions:
         _check_fraction(p)
     base_params = io.load_model(base, "growing")
@@ -224,7 +228,7 @@ def run_job(
     resume: bool = False,
     mesh=None,
 ) -> dict:
-    """Train ``job`` (see :func:`nca_adv.fit.fit`), save each run's result in its folder;
+    """Train ``job`` (see :func:`nca_adv.training.fit.fit`), save each run's result in its folder;
     a summary: per run its folder, result file and final loss."""
     states = fit(
         job.recipe,
@@ -238,7 +242,7 @@ def run_job(
         config=job.config,
         mesh=mesh,
     )
-    from nca_adv.training import read_metrics
+    from nca_adv.training.runtime import read_metrics
 
     summary = {}
     for r, (run, folder) in enumerate(zip(job.runs, run_dirs(workdir, job.runs))):

@@ -8,7 +8,7 @@ for any M and starts as I. (The original built A from M's upper triangle,
 The perturbed step, exactly as the original: ``lm = alive(x); x = clip(x @ A, -3, 3) * lm;
 x = base_step(x)``. The clip bites even for A = I: the lizards' hidden channels reach
 about 12, so "on" with A = I is not the identity; a scheduled rollout
-(:mod:`nca_adv.perturbation_eval`) therefore skips the perturbation on "off" steps instead
+(:mod:`nca_adv.evaluation.perturbation_eval`) therefore skips the perturbation on "off" steps instead
 of multiplying by I.
 
 Matrices: a shipped name (``nca_adv/assets/perturbations/<name>.npy``), a ``.npy`` path, or
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import growing
-from nca_adv.masks import alive_mask
+from nca_adv.models import growing
+from nca_adv.models.masks import alive_mask
 
 CHANNELS = growing.CHANNELS
 CLIP = 3.0

@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nca_adv import engine
-from nca_adv.training import (
+from nca_adv.training import engine
+from nca_adv.training.runtime import (
     BATCH_AXIS,
     Checkpointer,
     CheckpointError,

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nca_adv.masks import alive_mask, circle_damage_masks, fire_mask
-from nca_adv.perceive import sobel_perceive
-from nca_adv.rollout import scan_steps, scan_variable_steps
-from nca_adv.update import GrowingUpdate, init_params
+from nca_adv.models.masks import alive_mask, circle_damage_masks, fire_mask
+from nca_adv.models.perceive import sobel_perceive
+from nca_adv.models.rollout import scan_steps, scan_variable_steps
+from nca_adv.models.update import GrowingUpdate, init_params
 
 CHANNELS = 16
 FIRE_RATE = 0.5

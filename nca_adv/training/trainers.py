@@ -12,7 +12,7 @@ Two families share their machinery:
 
 Constants are passed as ``shared`` (common to all runs of a sweep: frozen base
 parameters, the data set, the seed and grown states) and ``run`` (per run: the target,
-the adversary fraction); see :mod:`nca_adv.engine`.
+the adversary fraction); see :mod:`nca_adv.training.engine`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import adversaries, growing, mnist, perturbation
-from nca_adv.engine import Pool, Recipe
-from nca_adv.masks import circle_damage_masks
-from nca_adv.rollout import scan_steps, scan_variable_steps
-from nca_adv.training import make_optimizer
+from nca_adv.attacks import adversaries, perturbation
+from nca_adv.models import growing, mnist
+from nca_adv.models.masks import circle_damage_masks
+from nca_adv.models.rollout import scan_steps, scan_variable_steps
+from nca_adv.training.engine import Pool, Recipe
+from nca_adv.training.runtime import make_optimizer
 
 Step = Callable[[jax.Array, jax.Array], jax.Array]
 

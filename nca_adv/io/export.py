@@ -13,7 +13,7 @@ from pathlib import Path
 from nca_adv import io
 from nca_adv.errors import UserError
 
-PACKAGE_MODELS = Path(io.__file__).parent / "assets" / "models"
+PACKAGE_MODELS = Path(io.__file__).parents[1] / "assets" / "models"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -22,7 +22,7 @@ def _curve(metrics: Path, step: int | None) -> tuple[list[str], list[dict]]:
     records of ``metrics.jsonl`` up to ``step`` (default: all)."""
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: the export needs the run's loss curve")
-    from nca_adv import training
+    from nca_adv.training import runtime
 
     def usable(r) -> bool:
         return (
@@ -32,7 +32,7 @@ def _curve(metrics: Path, step: int | None) -> tuple[list[str], list[dict]]:
             and (step is None or r["iteration"] <= step)
         )
 
-    by_iteration = {r["iteration"]: r for r in training.read_metrics(metrics) if usable(r)}
+    by_iteration = {r["iteration"]: r for r in runtime.read_metrics(metrics) if usable(r)}
     records = [by_iteration[i] for i in sorted(by_iteration)]
     if not records:
         upto = "" if step is None else f" up to iteration {step}"

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nca_adv import growing
-from nca_adv.masks import alive_mask
-from nca_adv.perturbation import CHANNELS, CLIP, interpolate, perturb_state
-from nca_adv.rollout import scan_steps
+from nca_adv.attacks.perturbation import CHANNELS, CLIP, interpolate, perturb_state
+from nca_adv.models import growing
+from nca_adv.models.masks import alive_mask
+from nca_adv.models.rollout import scan_steps
 
 
 @functools.partial(jax.jit, static_argnames=("trajectory", "clip"))
@@ -210,7 +210,7 @@ def schedule_frames(
     """Video frames (T', H*zoom + bar, W*zoom, 3) uint8 of a (T, H, W, 4) trajectory, with a
     bar on top, red while the perturbation is on and green while off; at most
     ``max_frames`` frames (every n-th step)."""
-    from nca_adv import video
+    from nca_adv.media import video
 
     rgba, on = np.asarray(rgba), np.asarray(on, bool)
     if rgba.ndim != 4 or rgba.shape[-1] < 4 or len(on) != len(rgba):

@@ -1,0 +1,2 @@
+"""Attacks as step transforms (``Step -> Step``): adversarial cells mixed into the grid and
+global state perturbations."""

@@ -1,0 +1,2 @@
+"""Evaluations of attacks: attack-success curves, perturbation sweeps, interpolation and
+composition."""

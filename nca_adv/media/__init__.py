@@ -1,0 +1,1 @@
+"""What a person looks at: videos, image grids and the HTML report."""
