@@ -37,7 +37,7 @@ common.define_device_flags()
 
 
 def bench_lizard(mesh) -> list[dict]:
-    job = jobs.growing_job(["lizard"], [0], growing.GrowingTrainConfig())
+    job = jobs.growing_job(["lizard"], [0], growing.GrowingTrainConfig(), padding=16)
     _, sharding = fit.placement(mesh, 1, job.recipe.batch_size)
     out = []
     for variant, sync in (("engine: scanned chunk", False), ("host loop: 1 iteration/call", True)):
@@ -65,8 +65,8 @@ def bench_mnist(mesh) -> list[dict]:
 def bench_sweep(mesh) -> list[dict]:
     r = FLAGS.sweep_runs
     seeds = list(range(r))
-    single = jobs.growing_job(["lizard"], [0], growing.GrowingTrainConfig())
-    sweep = jobs.growing_job(["lizard"], seeds, growing.GrowingTrainConfig())
+    single = jobs.growing_job(["lizard"], [0], growing.GrowingTrainConfig(), padding=16)
+    sweep = jobs.growing_job(["lizard"], seeds, growing.GrowingTrainConfig(), padding=16)
     _, sharding = fit.placement(mesh, 1, 8)
     t_one = _time_chunk(
         single.recipe, single.shared, single.runs, FLAGS.iterations, FLAGS.repeats, sharding

@@ -26,6 +26,7 @@ import logging as std_logging
 import math
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -190,7 +191,9 @@ def run(
 # ----------------------------------------------------------------------------- start-up checks
 def _writable_folder(folder: Path, what: str) -> None:
     """``folder`` exists as a writable folder, or could be created (the nearest existing
-    ancestor is a writable folder)."""
+    ancestor is a writable folder). Writability is tried with a temporary file, not
+    ``os.access``: root passes every access check, and ``/proc`` or a read-only mount
+    refuse files whatever the permission bits say."""
     a = folder.absolute()
     while not a.exists() and a != a.parent:
         a = a.parent
@@ -198,6 +201,13 @@ def _writable_folder(folder: Path, what: str) -> None:
         raise UserError(f"{what}: {a} is a file, not a folder")
     if not os.access(a, os.W_OK | os.X_OK):
         raise UserError(f"{what}: folder {a} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=a):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{what}: cannot create files in {a} ({(e.strerror or str(e)).lower()})"
+        ) from None
 
 
 def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] = ()) -> Path:
@@ -216,6 +226,31 @@ def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str
         raise UserError(f"{what}: the file is not writable")
     _writable_folder(p.parent, what)
     return p
+
+
+def memory_limit() -> tuple[int, str]:
+    """(bytes, where) a computation may use: the first device's memory on an accelerator,
+    else the machine's physical memory."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        if limit:
+            return int(limit), f"{device.device_kind} memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.0f} MiB"
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse, before allocating, a computation whose arrays (``nbytes``, an estimate of
+    ``what``) would not fit in the memory there is: one line naming the size."""
+    limit, where = memory_limit()
+    if nbytes > limit:
+        raise UserError(f"{what} needs ~{_size(nbytes)}, more than the {_size(limit)} of {where}")
 
 
 def check_output_dir(path: str | os.PathLike, flag: str) -> Path:

@@ -9,7 +9,7 @@ import sys
 import jax
 from absl import app, flags
 
-from experiments.cli import check_output_dir, check_output_file, run  # noqa: F401
+from experiments.cli import check_memory, check_output_dir, check_output_file, run  # noqa: F401
 
 
 def define_device_flags() -> None:
@@ -23,13 +23,40 @@ def define_device_flags() -> None:
     flags.DEFINE_integer(
         "num_devices", 0, "Devices to shard the batch over (0: all visible).", lower_bound=0
     )
+    # Multi-host runs (jax.distributed): the same command on every process, only
+    # --process_id differing; README "Multi-host runs".
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "Multi-host run: host:port of process 0, where it serves the coordinator (any free "
+        "port, the same on every process); 'auto': JAX detects the cluster (SLURM, Open MPI, "
+        "TPU pod, Kubernetes). Unset: a single process.",
+    )
+    flags.DEFINE_integer(
+        "num_processes",
+        None,
+        "Multi-host run: how many processes (with a host:port --coordinator_address).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "process_id",
+        None,
+        "Multi-host run: this process's number, 0..num_processes-1 (0 writes the files).",
+        lower_bound=0,
+    )
 
 
 def configure_devices() -> None:
-    """Apply --host_devices; must run before the first JAX computation."""
-    n = flags.FLAGS.host_devices
+    """Apply --host_devices and join a multi-host run (--coordinator_address); must run
+    before the first JAX computation."""
+    from nca_adv.training import distributed
+
+    f = flags.FLAGS
+    distributed.check_settings(f.coordinator_address, f.num_processes, f.process_id)
+    n = f.host_devices
     if n:
         jax.config.update("jax_num_cpu_devices", n)
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
 
 
 def print_result(result: dict) -> None:
@@ -123,18 +150,47 @@ def train_job(job) -> None:
 
 def define_growing_recipe_flags(padding: int) -> None:
     """The growing recipe's flags (base CA, adversaries, perturbations)."""
-    flags.DEFINE_integer("padding", padding, "Empty cells around the 40x40 target.", lower_bound=0)
+    flags.DEFINE_integer(
+        "padding", padding, "Empty cells around the 40x40 target.", lower_bound=0, upper_bound=1000
+    )
     flags.DEFINE_integer("pool_size", 1024, "Sample pool size.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 8, "Batch size.", lower_bound=1)
-    flags.DEFINE_integer("min_steps", 64, "Fewest CA steps per iteration.", lower_bound=1)
-    flags.DEFINE_integer("max_steps", 95, "Most CA steps per iteration (inclusive).", lower_bound=1)
+    flags.DEFINE_integer(
+        "min_steps", 64, "Fewest CA steps per iteration.", lower_bound=1, upper_bound=10_000
+    )
+    flags.DEFINE_integer(
+        "max_steps",
+        95,
+        "Most CA steps per iteration (inclusive).",
+        lower_bound=1,
+        upper_bound=10_000,
+    )
     flags.DEFINE_integer("damage_n", 3, "Lowest-loss samples damaged per batch.", lower_bound=0)
-    flags.DEFINE_float("lr", 2e-3, "Adam learning rate.", lower_bound=0.0)
+    _define_lr(2e-3, "Adam learning rate.")
     flags.DEFINE_integer("lr_decay_at", 2000, "Iteration at which lr drops 10x.", lower_bound=0)
 
 
-def growing_config_from_flags():
-    """A :class:`growing.GrowingTrainConfig` from the growing recipe's flags, checked."""
+def _define_lr(default: float, help_text: str) -> None:
+    """``--lr``, refused (one line) unless in (0, 1]: a negative rate ascends the loss, 0
+    trains nothing, and nan never compares."""
+    flags.DEFINE_float("lr", default, f"{help_text} In (0, 1].")
+    flags.register_validator(
+        "lr",
+        lambda v: v is not None and 0.0 < v <= 1.0,
+        message="the learning rate must lie in (0, 1]",
+    )
+
+
+def _check_training_memory(runs: int, pool: int, batch: int, steps: int, state: int, what: str):
+    """Refuse before allocating a pool and batch that would not fit: the pool's states,
+    and the batch's state per step (kept for the gradient) plus one step's features."""
+    check_memory(runs * state * (pool + batch * (steps + 16)), what)
+
+
+def growing_config_from_flags(runs: int = 1):
+    """A :class:`growing.GrowingTrainConfig` from the growing recipe's flags, checked
+    (``runs``: of the sweep, for the memory check)."""
+    from nca_adv.io import targets
     from nca_adv.models import growing
 
     f = flags.FLAGS
@@ -146,6 +202,16 @@ def growing_config_from_flags():
         )
     if f.damage_n >= f.batch_size:
         raise app.UsageError("--damage_n must be smaller than --batch_size")
+    side = targets.TARGET_SIZE + 2 * f.padding
+    _check_training_memory(
+        runs,
+        f.pool_size,
+        f.batch_size,
+        f.max_steps,
+        side * side * growing.CHANNELS * 4,
+        f"{runs} run(s) of a pool of {f.pool_size} {side}x{side} grids (--padding={f.padding})"
+        f" and a batch of {f.batch_size} over {f.max_steps} steps",
+    )
     return growing.GrowingTrainConfig(
         pool_size=f.pool_size,
         batch_size=f.batch_size,
@@ -170,8 +236,8 @@ def define_mnist_recipe_flags() -> None:
     flags.DEFINE_integer(
         "mutate_n", 4, "Samples of each batch whose digit is swapped.", lower_bound=0
     )
-    flags.DEFINE_integer("steps", 20, "CA steps per iteration.", lower_bound=1)
-    flags.DEFINE_float("lr", 1e-3, "Adam learning rate (10x lower at 30k and again at 70k).")
+    flags.DEFINE_integer("steps", 20, "CA steps per iteration.", lower_bound=1, upper_bound=10_000)
+    _define_lr(1e-3, "Adam learning rate (10x lower at 30k and again at 70k).")
     flags.DEFINE_enum(
         "step_form",
         "auto",
@@ -181,8 +247,9 @@ def define_mnist_recipe_flags() -> None:
     )
 
 
-def mnist_config_from_flags():
-    """A :class:`mnist.MnistTrainConfig` from the MNIST recipe's flags, checked."""
+def mnist_config_from_flags(runs: int = 1):
+    """A :class:`mnist.MnistTrainConfig` from the MNIST recipe's flags, checked (``runs``:
+    of the sweep, for the memory check)."""
     from nca_adv.models import mnist
 
     f = flags.FLAGS
@@ -195,6 +262,15 @@ def mnist_config_from_flags():
             f"--new_n + --mutate_n ({f.new_n} + {f.mutate_n}) must not exceed --batch_size "
             f"{f.batch_size}"
         )
+    _check_training_memory(
+        runs,
+        f.pool_size,
+        f.batch_size,
+        f.steps,
+        28 * 28 * mnist.CHANNELS * 4,
+        f"{runs} run(s) of a pool of {f.pool_size} digits and a batch of {f.batch_size} over "
+        f"{f.steps} steps",
+    )
     return mnist.MnistTrainConfig(
         pool_size=f.pool_size,
         batch_size=f.batch_size,

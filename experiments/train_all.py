@@ -5,7 +5,8 @@ python -m experiments.train_all --preset=cpu --workdir=/work/runs/cpu [--resume]
 python -m experiments.train_all --preset=smoke --workdir=/tmp/smoke     # the same, tiny
 
 Models train in order (the attacks use the base models trained before them); each in
-``WORKDIR/<model>/``. ``--export`` installs the results into the package's assets
+``WORKDIR/<model>/``. ``--resume`` continues whatever a kill left: finished models are
+skipped, a model with no checkpoint starts afresh, one part-way resumes bit for bit. ``--export`` installs the results into the package's assets
 (``nca_adv/assets/models/<name>.npz``, ``nca_adv/assets/perturbations/<name>.npy``) with
 their loss curves. Adding a model is one line in :func:`models_of`.
 """
@@ -13,7 +14,9 @@ their loss curves. Adding a model is one line in :func:`models_of`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,9 +29,11 @@ from absl import app, flags, logging
 from experiments import common
 from nca_adv import io
 from nca_adv.attacks import perturbation
-from nca_adv.io.export import export_run
+from nca_adv.errors import UserError
+from nca_adv.io import targets
+from nca_adv.io.export import export_hardened, export_run
 from nca_adv.models import growing, mnist
-from nca_adv.training import jobs, runtime
+from nca_adv.training import distributed, jobs, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -81,6 +86,10 @@ class Preset(NamedTuple):
     perturbation_groups: tuple[tuple[str, ...], ...] = (tuple(PERTURBATIONS),)
     # Models this preset trains, in order (None: every model of MODELS).
     models: tuple[str, ...] | None = None
+    # The hardened MNIST CA (trained against its own adversary; base lr 3e-4: it starts
+    # from the trained base) and, after it, a fresh adversary against it (the adversary's
+    # recipe and length, mnist_attack_iterations).
+    hardened_iterations: int = 2000
 
 
 _SMOKE = growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1)
@@ -141,6 +150,7 @@ PRESETS = {
         0,
         chunk=2,
         checkpoint_every=2,
+        hardened_iterations=2,
     ),
 }  # fmt: skip
 
@@ -183,9 +193,11 @@ def models_of(ps: Preset) -> list[Model]:
     adversary_its = lambda ps: ps.adversary_iterations  # noqa: E731
     perturbation_its = lambda ps: ps.perturbation_iterations  # noqa: E731
     every = [
-        Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing), lambda ps: ps.growing_iterations),
+        Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing, targets.TARGET_PADDING), lambda ps: ps.growing_iterations),
         Model("mnist", "mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
         Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
+        Model("mnist_hardened", "hardened", lambda ps, done, d: jobs.mnist_hardened_job(done["mnist"], done.get("mnist_adversary", "mnist_adversary"), d, [0], ps.mnist._replace(lr=3e-4)), lambda ps: ps.hardened_iterations),
+        Model("mnist_hardened_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done.get("mnist_hardened", "mnist_hardened"), d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
         Model("lizard_no_tail_adversary", "growing", _adversary("lizard_no_tail", [0.1]), adversary_its),
         Model("lizard_red_adversary", "growing", _adversary("lizard_red", lambda ps: list(ps.red_fractions)), adversary_its),
         Model("lizard_red10_adversary", "record", _adversary("lizard_red", [0.1]), adversary_its),
@@ -229,12 +241,180 @@ def _export(model: Model, summary: dict, assets: Path) -> list[str]:
             shutil.copyfile(result, dest / f"{name}.npy")
             _write_curve(folder / "metrics.jsonl", dest / f"{name}_metrics.csv")
             written.append(str(dest / f"{name}.npy"))
+        elif model.kind == "hardened":  # the base only: the shipped mnist_hardened_adversary
+            # is the fresh one trained against it afterwards (the next model)
+            out = export_hardened(folder, assets / "models", (model.name, None), force=True)
+            written += [o["weights"] for o in out]
         elif model.kind == "record" or (model.name == "lizard_red_adversary" and run == "p0.1"):
             continue  # the article's 10 % failure is trained for the record, not shipped
         else:
             out = export_run(folder, model.kind, model.name, assets / "models", force=True)
             written.append(out["weights"])
     return written
+
+
+# ----------------------------------------------------------------------------- resume
+# A model's folder after a kill is in one of three states: new (no committed checkpoint:
+# never started, or killed before its first checkpoint), partial (a checkpoint short of
+# the end, or results not yet recorded) or finished (FINISHED written after its results).
+# ``--resume`` starts the first afresh, resumes the second and skips the third.
+FINISHED = "finished.json"
+BASES = ("lizard", "mnist")  # the models the attacks are trained on
+
+
+def _committed_steps(folder: Path) -> list[int]:
+    """Steps orbax committed in ``folder/checkpoints`` (a save renames its temporary
+    folder to the bare step number when complete)."""
+    ckpts = folder / "checkpoints"
+    if not ckpts.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record_finished(folder: Path, iterations: int, seconds: float, summary: dict) -> None:
+    """``folder/finished.json``: what a later ``--resume`` needs to skip the model, with the
+    results' paths relative to ``folder`` (the workdir may move) and their hashes."""
+    runs = {
+        run: {
+            "dir": os.path.relpath(info["dir"], folder),
+            "result": os.path.relpath(info["result"], folder),
+            "sha256": _sha256(Path(info["result"])),
+            "final_loss": info["final_loss"],
+        }
+        for run, info in summary.items()
+    }
+    record = {"preset": FLAGS.preset, "iterations": iterations, "seconds": seconds, "runs": runs}
+    runtime.write_atomic(folder / FINISHED, json.dumps(record, indent=1) + "\n")
+
+
+def _finished(folder: Path, iterations: int) -> tuple[dict, float] | None:
+    """(summary, seconds) of a model this preset finished in ``folder``, or None: no
+    record, one of another preset or length, or a result file missing or changed since
+    (the model is then resumed from its last checkpoint, which rewrites the results)."""
+    path = folder / FINISHED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record["preset"] != FLAGS.preset or record["iterations"] != iterations:
+            return None
+        summary = {}
+        for run, info in record["runs"].items():
+            result = folder / info["result"]
+            if not result.is_file() or _sha256(result) != info["sha256"]:
+                logging.warning("%s: %s is missing or changed; resuming instead", path, result)
+                return None
+            summary[run] = {
+                "dir": str(folder / info["dir"]),
+                "result": str(result),
+                "final_loss": info["final_loss"],
+            }
+        return summary, float(record["seconds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        logging.warning("%s cannot be read (%s); resuming instead", path, e)
+        return None
+
+
+class _Bases(dict):
+    """``bases[name]``: what the attacks use as base model ``name``: the result trained in
+    this workdir when the preset trains that model (set as soon as it is trained, found
+    finished when ``--only`` leaves it out), else the shipped model. An unfinished
+    training of it is refused rather than silently replaced by the shipped model."""
+
+    def __init__(self, root: Path, trained_here: set[str], iterations: dict[str, int]):
+        super().__init__()
+        self.root, self.trained_here, self.iterations = root, trained_here, iterations
+        self.workdir_results: set[str] = set()
+
+    def set_trained(self, name: str, result: str) -> None:
+        self[name] = result
+        self.workdir_results.add(result)
+
+    def __missing__(self, name: str) -> str:
+        folder = self.root / name
+        if name in self.trained_here:
+            finished = _finished(folder, self.iterations[name])
+            if finished is not None:
+                only = next(iter(finished[0].values()))
+                logging.info("base %s: the one trained in %s", name, folder)
+                self.set_trained(name, only["result"])
+                return only["result"]
+            steps = _committed_steps(folder)
+            if steps:
+                raise UserError(
+                    f"base model {name}: {folder} holds an unfinished training of it "
+                    f"(iteration {steps[-1]} of {self.iterations[name]}); finish it first "
+                    f"(--resume --only={name}) or move that folder away to use the shipped {name}"
+                )
+        logging.info("base %s: the shipped model (%s holds no trained %s)", name, folder, name)
+        self[name] = name
+        return name
+
+
+def _relative_base(job: jobs.Job, folder: Path, bases: _Bases) -> jobs.Job:
+    """A base trained in this workdir is recorded in config.json relative to the model's
+    folder (``../lizard/params.npz``): a copied or moved workdir still resumes."""
+    base = job.config.get("base")
+    if base not in bases.workdir_results:
+        return job
+    return job._replace(config={**job.config, "base": os.path.relpath(base, folder)})
+
+
+def _check_start(selected: list[Model], root: Path) -> None:
+    """Without ``--resume``, refuse (before any training) models that already hold
+    checkpoints or results: a new start would throw their training away."""
+    if FLAGS.resume:
+        return
+    started = [
+        m.name
+        for m in selected
+        if _committed_steps(root / m.name) or (root / m.name / FINISHED).is_file()
+    ]
+    if started:
+        raise UserError(
+            f"{root} already holds checkpoints of {', '.join(started)}; pass --resume to "
+            "continue (finished models are skipped, the others resumed or started) or choose "
+            "another --workdir"
+        )
+
+
+def _train_model(
+    model: Model, ps: Preset, root: Path, bases: _Bases, mesh
+) -> tuple[dict, float, bool]:
+    """Train (or resume, or skip when finished) one model: (summary, seconds, skipped)."""
+    folder = root / model.name
+    iterations = model.iterations(ps)
+    finished = _finished(folder, iterations) if FLAGS.resume else None
+    if finished is not None:
+        logging.info("%s: finished earlier (%d iterations), skipped", model.name, iterations)
+        return finished[0], finished[1], True
+    t0 = time.perf_counter()
+    job = _relative_base(model.job(ps, bases, FLAGS.mnist_dir), folder, bases)
+    resume = FLAGS.resume and bool(_committed_steps(folder))
+    logging.info(
+        "%s %s: %d iteration(s), %d run(s)",
+        "resuming" if resume else "training",
+        model.name,
+        iterations,
+        len(job.runs),
+    )
+    summary = jobs.run_job(
+        job,
+        folder,
+        iterations,
+        chunk=ps.chunk,
+        checkpoint_every=ps.checkpoint_every,
+        resume=resume,
+        mesh=mesh,
+    )
+    seconds = round(time.perf_counter() - t0, 1)
+    if distributed.is_main_process():
+        _record_finished(folder, iterations, seconds, summary)
+    return summary, seconds, False
 
 
 def main(argv):
@@ -248,47 +428,28 @@ def main(argv):
             f"--only: unknown models {sorted(unknown)} for --preset={FLAGS.preset}; "
             f"known: {[m.name for m in models]}"
         )
-    root = Path(FLAGS.workdir)
+    selected = [m for m in models if not FLAGS.only or m.name in FLAGS.only]
+    root = common.check_output_dir(FLAGS.workdir, "workdir")
+    if FLAGS.export:
+        common.check_output_dir(FLAGS.assets, "assets")
+    _check_start(selected, root)
     mesh = runtime.data_mesh(FLAGS.num_devices or None)
-    done: dict[str, str] = {
-        "lizard": "lizard",
-        "mnist": "mnist",
-    }  # bases default to the shipped models when not retrained here
+    bases = _Bases(root, {m.name for m in models}, {m.name: m.iterations(ps) for m in models})
     rows, results = [], {}
-    for model in models:
-        if FLAGS.only and model.name not in FLAGS.only:
-            continue
-        workdir = root / model.name
-        t0 = time.perf_counter()
-        job = model.job(ps, done, FLAGS.mnist_dir)
-        resume = FLAGS.resume and (workdir / "checkpoints").is_dir()
+    for model in selected:
+        summary, seconds, skipped = _train_model(model, ps, root, bases, mesh)
+        if model.name in BASES:
+            bases.set_trained(model.name, next(iter(summary.values()))["result"])
         iterations = model.iterations(ps)
-        logging.info(
-            "training %s: %d iteration(s), %d run(s)", model.name, iterations, len(job.runs)
-        )
-        summary = jobs.run_job(
-            job,
-            workdir,
-            iterations,
-            chunk=ps.chunk,
-            checkpoint_every=ps.checkpoint_every,
-            resume=resume,
-            mesh=mesh,
-        )
-        seconds = time.perf_counter() - t0
-        if len(summary) == 1:
-            done[model.name] = next(iter(summary.values()))["result"]
         for run, info in summary.items():
             curve = runtime.read_metrics(Path(info["dir"]) / "metrics.jsonl")
             tail = float(np.mean([r["loss"] for r in curve[-10:]]))
             label = model.name if len(summary) == 1 else f"{model.name}/{run}"
             rows.append([label, iterations, f"{seconds:.0f}", f"{tail:.4g}"])
-        results[model.name] = {
-            "seconds": round(seconds, 1),
-            "iterations": iterations,
-            "runs": summary,
-        }
-        if FLAGS.export:
+        results[model.name] = {"seconds": seconds, "iterations": iterations, "runs": summary}
+        if skipped:
+            results[model.name]["skipped"] = True  # finished by an earlier invocation
+        if FLAGS.export and distributed.is_main_process():  # process 0 writes (multi-host)
             results[model.name]["exported"] = _export(model, summary, Path(FLAGS.assets))
     widths = [
         max(
@@ -299,7 +460,8 @@ def main(argv):
     ]
     for r in [["model", "iterations", "wall s", "final loss (last 10)"], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    (root / "train_all.json").write_text(json.dumps(results, indent=1))
+    if distributed.is_main_process():
+        runtime.write_atomic(root / "train_all.json", json.dumps(results, indent=1))
     common.print_result({"preset": FLAGS.preset, "workdir": str(root), "models": results})
 
 

@@ -25,8 +25,9 @@ common.define_device_flags()
 def main(argv):
     del argv
     common.configure_devices()
-    config = common.growing_config_from_flags()
-    job = jobs.growing_job(FLAGS.target, common.int_list("seeds"), config, FLAGS.padding)
+    seeds = common.int_list("seeds")
+    config = common.growing_config_from_flags(runs=len(FLAGS.target) * len(seeds))
+    job = jobs.growing_job(FLAGS.target, seeds, config, FLAGS.padding)
     common.train_job(job)
 
 

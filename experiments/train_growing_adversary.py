@@ -33,7 +33,8 @@ common.define_device_flags()
 def main(argv):
     del argv
     common.configure_devices()
-    config = common.growing_config_from_flags()
+    runs = len(FLAGS.target) * len(FLAGS.adversary_fraction) * len(FLAGS.seeds)
+    config = common.growing_config_from_flags(runs=runs)
     job = jobs.growing_adversary_job(
         FLAGS.base,
         FLAGS.target,

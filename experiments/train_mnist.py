@@ -21,7 +21,7 @@ common.define_device_flags()
 def main(argv):
     del argv
     common.configure_devices()
-    config = common.mnist_config_from_flags()
+    config = common.mnist_config_from_flags(runs=len(FLAGS.seeds))
     job = jobs.mnist_job(FLAGS.mnist_dir, common.int_list("seeds"), config, FLAGS.step_form)
     common.train_job(job)
 

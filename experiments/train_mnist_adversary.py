@@ -27,7 +27,7 @@ common.define_device_flags()
 def main(argv):
     del argv
     common.configure_devices()
-    config = common.mnist_config_from_flags()
+    config = common.mnist_config_from_flags(runs=len(FLAGS.adversary_fraction) * len(FLAGS.seeds))
     job = jobs.mnist_adversary_job(
         FLAGS.base,
         FLAGS.mnist_dir,

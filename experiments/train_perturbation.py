@@ -28,7 +28,7 @@ common.define_device_flags()
 def main(argv):
     del argv
     common.configure_devices()
-    config = common.growing_config_from_flags()
+    config = common.growing_config_from_flags(runs=len(FLAGS.target) * len(FLAGS.seeds))
     job = jobs.perturbation_job(
         FLAGS.base, FLAGS.target, common.int_list("seeds"), config, FLAGS.padding
     )

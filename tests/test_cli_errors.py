@@ -55,6 +55,16 @@ for case in json.loads(sys.stdin.read()):
     print("@@CASE " + json.dumps(result), file=sys.__stdout__, flush=True)
 """
 
+# A tiny growing attack (the shipped lizard as its own adversary, a workdir fixture).
+ATTACK = [
+    "--adversary={run}",
+    "--target=lizard_no_tail",
+    "--padding=0",
+    "--grow_first=2",
+    "--steps=4",
+    "--runs=2",
+]
+
 # (id, launch module, argv, expected): expected 0 = success, a string = exit 2 with a last
 # stderr line "error: ..." containing it. {name} in argv: a path from the `paths` fixture.
 CASES = [
@@ -93,7 +103,74 @@ CASES = [
         ["--model=nonesuch", {"NCA_ADV_TRACEBACK": "1"}],
         "neither a shipped model",
     ),
+    # eval_growing: no flag silently ignored, sizes and outputs checked first (issue 16)
+    ("g_padding_bound", "experiments.eval_growing", ["--padding=100000"], "flag --padding=100000"),
+    ("g_memory", "experiments.eval_growing", ["--padding=1000", "--runs=100000"], "GiB, more than"),
+    ("g_video_proc", "experiments.eval_growing", ["--video=/proc/x.mp4"], "cannot create files"),
+    (
+        "g_schedule_alone",
+        "experiments.eval_growing",
+        ["--perturbation_schedule=on:0-"],
+        "only with",
+    ),
+    ("g_x0_alone", "experiments.eval_growing", ["--x0=grown"], "--x0 is used only with"),
+    ("g_grow_first_alone", "experiments.eval_growing", ["--grow_first=5"], "--grow_first is used"),
+    (
+        "g_grow_first_seed",
+        "experiments.eval_growing",
+        ["--perturbation=tail", "--grow_first=5"],
+        "--grow_first is used only with --adversary or --x0=grown",
+    ),
+    ("g_original_alone", "experiments.eval_growing", ["--original_target=lizard"], "an attack"),
+    ("g_fraction_alone", "experiments.eval_growing", ["--adversary_fraction=0.5"], "--adversary"),
+    ("g_zoom_alone", "experiments.eval_growing", ["--zoom=2"], "--zoom is used only with --video"),
+    (
+        "g_x0_adversary",
+        "experiments.eval_growing",
+        ["--adversary={run}", "--x0=grown"],
+        "--x0 does not combine with --adversary",
+    ),
+    (  # a million attack steps would time the runner out: the file is checked first
+        "g_original_missing",
+        "experiments.eval_growing",
+        ["--adversary={run}", "--original_target={dir}/none.png", "--steps=1000000"],
+        "does not exist",
+    ),
+    (
+        "g_pert_damage",
+        "experiments.eval_growing",
+        ["--perturbation=tail", "--steps=4", "--damage_at=2"],
+        "--damage_at does not combine",
+    ),
     ("g_ok", "experiments.eval_growing", ["--steps=2"], 0),
+    (
+        "g_ok_adversary",
+        "experiments.eval_growing",
+        [*ATTACK, "--original_target=lizard"],
+        0,
+    ),
+    (  # the attack under a perturbation that is off throughout: the attack alone
+        "g_ok_adversary_perturbation_off",
+        "experiments.eval_growing",
+        [
+            *ATTACK,
+            "--perturbation=tail",
+            "--perturbation_schedule=off:0-",
+            "--original_target=lizard",
+        ],
+        0,
+    ),
+    (
+        "g_ok_adversary_perturbation",
+        "experiments.eval_growing",
+        [
+            *ATTACK,
+            "--perturbation=tail",
+            "--perturbation_schedule=on:0-2,off:2-",
+            "--video={dir}/ap.gif",
+        ],
+        0,
+    ),
     ("g_ok_runs", "experiments.eval_growing", ["--steps=2", "--runs=2", "--video={dir}/v.mp4"], 0),
     ("g_ok_workdir", "experiments.eval_growing", ["--steps=2", "--model={run}"], 0),
     # eval_mnist
@@ -111,6 +188,18 @@ CASES = [
     ("m_video_ext", "experiments.eval_mnist", ["--video={dir}/v.webm"], "unknown format"),
     ("m_all_empty", "experiments.eval_mnist", ["--mnist_dir={blank_mnist}"], "has a live cell"),
     ("m_no_mnist_dir", "experiments.eval_mnist", ["--mnist_dir={dir}/none"], "not found"),
+    ("m_inject_alone", "experiments.eval_mnist", ["--inject_at=5"], "--inject_at is used only"),
+    ("m_remove_alone", "experiments.eval_mnist", ["--remove_at=5"], "--remove_at is used only"),
+    ("m_on_digit_alone", "experiments.eval_mnist", ["--adversary_on_digit"], "used only with"),
+    ("m_fraction_alone", "experiments.eval_mnist", ["--adversary_fraction=0.5"], "used only with"),
+    ("m_switch_alone", "experiments.eval_mnist", ["--switch_at=5"], "--switch_at is used only"),
+    (  # the window is checked before the data are read
+        "m_window",
+        "experiments.eval_mnist",
+        ["--adversary=mnist_adversary", "--steps=3", "--inject_at=5", "--mnist_dir={dir}/none"],
+        "need --inject_at < --remove_at <= --steps",
+    ),
+    ("m_steps_bound", "experiments.eval_mnist", ["--steps=100000000"], "flag --steps=100000000"),
     (
         "m_ok_skip_empty",
         "experiments.eval_mnist",
@@ -180,7 +269,38 @@ CASES = [
         ["--workdir={dir}/tg2", "--target={clear_png}"],
         "is empty",
     ),
-    ("t_lr_nan", "experiments.train_growing", ["--workdir={dir}/tg3", "--lr=nan"], "finite"),
+    ("t_lr_nan", "experiments.train_growing", ["--workdir={dir}/tg3", "--lr=nan"], "--lr=nan"),
+    ("t_lr_zero", "experiments.train_growing", ["--workdir={dir}/tg4", "--lr=0"], "(0, 1]"),
+    (
+        "t_padding_bound",
+        "experiments.train_growing",
+        ["--workdir={dir}/tg5", "--padding=100000"],
+        "flag --padding=100000",
+    ),
+    (
+        "t_memory",
+        "experiments.train_growing",
+        ["--workdir={dir}/tg6", "--padding=1000", "--pool_size=100000"],
+        "GiB, more than",
+    ),
+    (
+        "tm_lr_negative",
+        "experiments.train_mnist",
+        ["--workdir={dir}/tm3", "--lr=-1"],
+        "the learning rate must lie in (0, 1]",
+    ),
+    (
+        "tma_lr_big",
+        "experiments.train_mnist_adversary",
+        ["--workdir={dir}/tm4", "--lr=5"],
+        "the learning rate must lie in (0, 1]",
+    ),
+    (
+        "tp_memory",
+        "experiments.train_perturbation",
+        ["--workdir={dir}/tp1", "--padding=1000", "--pool_size=100000"],
+        "GiB, more than",
+    ),
     (
         "t_workdir_file",
         "experiments.train_growing",
@@ -208,6 +328,22 @@ CASES = [
     # the rest
     ("r_out_file", "experiments.reproduce", ["--out={file}"], "is a file, not a folder"),
     ("mp_no_terms", "experiments.mix_perturbations", [], "give the mix as terms"),
+    ("mp_padding_neg", "experiments.mix_perturbations", ["tail", "--padding=-3"], "--padding=-3"),
+    ("mp_padding_bound", "experiments.mix_perturbations", ["tail", "--padding=100000"], "<= 1000"),
+    (
+        "mp_memory",
+        "experiments.mix_perturbations",
+        ["tail", "--padding=1000", "--runs=100000"],
+        "GiB, more than",
+    ),
+    ("mp_grow_first_seed", "experiments.mix_perturbations", ["tail", "--grow_first=5"], "x0=grown"),
+    ("mp_video_proc", "experiments.mix_perturbations", ["tail", "--video=/proc/x.mp4"], "/proc"),
+    (
+        "ta_assets_proc",
+        "experiments.train_all",
+        ["--preset=smoke", "--workdir={dir}/ta2", "--export", "--assets=/proc/x"],
+        "--assets=/proc/x: cannot create files in /proc",
+    ),
     ("bt_which", "benchmarks.bench_training", ["--which=nonesuch"], "--which: unknown"),
     ("bg_batches", "benchmarks.bench_growing", ["--batches=1,x"], "--batches"),
     ("bg_repeats", "benchmarks.bench_growing", ["--repeats=0"], "flag --repeats=0"),
@@ -219,6 +355,13 @@ NO_WORKDIR = {
     "tm_batch": "tm1",
     "ta_only": "ta",
     "t_lr_nan": "tg3",
+    "t_lr_zero": "tg4",
+    "t_padding_bound": "tg5",
+    "t_memory": "tg6",
+    "tm_lr_negative": "tm3",
+    "tma_lr_big": "tm4",
+    "tp_memory": "tp1",
+    "ta_assets_proc": "ta2",
 }
 
 
@@ -364,6 +507,25 @@ def test_refused_before_anything_is_written(results, paths):
         assert not (paths["dir"] / folder).exists(), case_id
     assert results["x_no_metrics"]["code"] == 2
     assert not (paths["out"] / "half.npz").exists()  # no half export
+
+
+def test_attack_under_a_perturbation_off_is_the_attack(results):
+    """--adversary with --perturbation composes the step transforms; switched off
+    throughout it is the attack alone bit for bit, switched on it changes the losses."""
+    alone, off, on = (
+        json.loads(results[k]["stdout"].strip().splitlines()[-1])
+        for k in (
+            "g_ok_adversary",
+            "g_ok_adversary_perturbation_off",
+            "g_ok_adversary_perturbation",
+        )
+    )
+    assert off["loss_per_run"] == alone["loss_per_run"]
+    assert off["loss_original_per_run"] == alone["loss_original_per_run"]
+    assert off["adversary_cells_per_run"] == alone["adversary_cells_per_run"]
+    assert on["perturbation"] == "tail" and [p["on"] for p in on["phases"]] == [True, False]
+    assert on["loss_per_run"] != alone["loss_per_run"]
+    assert Path(on["video"]).stat().st_size > 500
 
 
 def test_eval_growing_json_keys_do_not_depend_on_runs(results):

@@ -37,6 +37,8 @@ def test_smoke_preset_trains_exports_and_resumes(tmp_path):
         "lizard",
         "mnist",
         "mnist_adversary",
+        "mnist_hardened",
+        "mnist_hardened_adversary",
         "lizard_no_tail_adversary",
         "lizard_red_adversary",
         "perturbations",
@@ -50,7 +52,8 @@ def test_smoke_preset_trains_exports_and_resumes(tmp_path):
     ):
         assert row in table
     # Exported: weights load as models of their kind, matrices as perturbations, with curves.
-    for name, kind in [("lizard", "growing"), ("mnist", "mnist"), ("mnist_adversary", "mnist")]:
+    mnist_models = ["mnist", "mnist_adversary", "mnist_hardened", "mnist_hardened_adversary"]
+    for name, kind in [("lizard", "growing"), *((n, "mnist") for n in mnist_models)]:
         io.load_npz(assets / "models" / f"{name}.npz", kind)
         assert (assets / "models" / f"{name}_metrics.csv").read_text().startswith("iteration,loss")
     io.load_npz(assets / "models" / "lizard_red_adversary.npz", "growing")
@@ -60,6 +63,8 @@ def test_smoke_preset_trains_exports_and_resumes(tmp_path):
     # The attacks were trained on the base models trained before them.
     cfg = json.loads((tmp_path / "runs" / "mnist_adversary" / "config.json").read_text())
     assert cfg["base"].endswith("mnist/params.npz")
+    cfg = json.loads((tmp_path / "runs" / "mnist_hardened_adversary" / "config.json").read_text())
+    assert cfg["base"].endswith("mnist_hardened/params.npz")
     # --resume over finished runs trains nothing more and gives the same results.
     again = _launch(*args, "--resume", "--only=lizard")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -9,14 +9,16 @@ evaluations are in :mod:`nca_adv.evaluation.adversary_eval`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from nca_adv import io
-from nca_adv.models import mnist
+from nca_adv.models import architecture, mnist
 from nca_adv.models.masks import ALPHA_CHANNEL
 
 Step = Callable[[jax.Array, jax.Array], jax.Array]
@@ -139,43 +141,84 @@ def mnist_live_mask(
 
 # ----------------------------------------------------------------------------- models
 def model_kind(params) -> str:
-    """``growing`` or ``mnist`` from the parameter tree, or ``unknown``."""
-    for kind in io.KINDS:
-        try:
-            rebuilt = io.params_from_arrays(io.arrays_from_params(params, kind), kind)
-        except (KeyError, TypeError, IndexError, ValueError):
-            continue
-        if jax.tree.structure(rebuilt) == jax.tree.structure(params):
-            return kind
-    return "unknown"
+    """``growing`` or ``mnist`` from the parameter tree (any architecture of the two
+    families, :func:`nca_adv.models.architecture.infer`), or ``unknown``."""
+    if isinstance(params, architecture.CA):
+        return params.kind
+    try:
+        return architecture.infer(params).kind
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "unknown"
 
 
-def check_compatible(base_params, adv_params) -> None:
-    """ValueError unless both models have the same architecture (tree and shapes): an
-    adversary must be a CA of the base's kind to share its grid."""
-    kinds = model_kind(base_params), model_kind(adv_params)
-    if kinds[0] != kinds[1]:
+def check_compatible(base, adv) -> None:
+    """ValueError unless the adversary can share the base's grid: CAs of the same kind
+    with the same number of state channels (their hidden sizes and perception may
+    differ). Plain step functions are taken on trust."""
+    if callable(base) or callable(adv):
+        return
+    kinds = model_kind(base), model_kind(adv)
+    if "unknown" in kinds or kinds[0] != kinds[1]:
         raise ValueError(
             f"adversary is a {kinds[1]} model but the base is a {kinds[0]} model; "
             "both must be CAs of the same kind"
         )
-    tb, ta = jax.tree.structure(base_params), jax.tree.structure(adv_params)
-    sb = [np.shape(a) for a in jax.tree.leaves(base_params)]
-    sa = [np.shape(a) for a in jax.tree.leaves(adv_params)]
-    if tb != ta or sb != sa:
+    cb, ca = architecture.bind(base).model.channels, architecture.bind(adv).model.channels
+    if cb != ca:
         raise ValueError(
-            f"adversary and base {kinds[0]} models differ in architecture: "
-            f"parameter shapes {sa} vs {sb}"
+            f"adversary and base {kinds[0]} models differ in state channels ({ca} vs {cb}): "
+            "they cannot share one grid"
         )
+
+
+def trained_against(spec: str) -> str | None:
+    """The base an adversary was trained against, when its training workdir recorded it
+    (``config.json`` ``base`` of the workdir or of a sweep run's parent), else None."""
+    from pathlib import Path
+
+    path = Path(spec)
+    for folder in (path, path.parent, path.parent.parent):
+        config = folder / "config.json"
+        if folder.is_dir() and config.is_file():
+            try:
+                base = json.loads(config.read_text()).get("base")
+            except (OSError, ValueError, AttributeError):
+                return None
+            if base is None:
+                return None
+            base_path = Path(base)
+            if not base_path.is_absolute() and (folder / base_path).exists():
+                base = str(folder / base_path)  # recorded relative to the workdir
+            return str(base)
+    return None
 
 
 def load_adversary(spec: str, kind: str, base_params: dict | None = None) -> dict:
     """An adversary model spec (shipped name, .npz, TF.js .json, workdir; see
-    :func:`io.load_model`) -> params of ``kind``, checked against ``base_params``."""
+    :func:`io.load_model`) -> params of ``kind``, checked against ``base_params``. When the
+    adversary's workdir recorded the base it was trained against and that base's weights
+    differ from ``base_params``, a one-line warning says so (attacks rarely transfer)."""
     try:
         params = io.load_model(spec, kind)
     except io.ModelFormatError as e:
         raise ValueError(f"adversary model {spec!r} is not a usable {kind} model: {e}") from e
     if base_params is not None:
         check_compatible(base_params, params)
+        recorded = trained_against(spec)
+        if recorded is not None:
+            try:
+                trained_base = io.load_model(recorded, kind)
+            except (OSError, ValueError):
+                trained_base = None
+            same = trained_base is not None and all(
+                np.array_equal(np.asarray(a), np.asarray(b))
+                for a, b in zip(jax.tree.leaves(trained_base), jax.tree.leaves(base_params))
+            )
+            if not same:
+                logging.warning(
+                    "adversary %s was trained against base %s, not the base given here: "
+                    "expect a weaker (or exploding) attack",
+                    spec,
+                    recorded,
+                )
     return params

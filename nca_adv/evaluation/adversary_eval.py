@@ -5,6 +5,10 @@ attack-success curves (one program, ``vmap`` over the adversary fraction and see
 MNIST: share of the alive cells of the digits that are not 8 voting 8, share of those
 digits whose majority votes 8 (and recovery after the adversaries leave). Growing: the
 RGBA MSE to the mutated target after growing, injecting and running the mixed step.
+
+Base and adversary are models in any form :func:`nca_adv.models.architecture.as_stepper`
+takes: a :class:`~nca_adv.models.architecture.CA`, a bare params dict of either family (any
+hidden size or perception), or a step function ``(x, key) -> x`` (a composed attack).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nca_adv.attacks import adversaries
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.masks import ALPHA_CHANNEL
 from nca_adv.models.rollout import scan_steps
 
@@ -31,8 +35,8 @@ def vote_counts(x: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("steps", "k", "inject_at", "remove_at", "trajectory"))
 def mnist_adversary_rollout(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     images: jax.Array,
     digit_ids: jax.Array,
     key: jax.Array,
@@ -58,17 +62,15 @@ def mnist_adversary_rollout(
     """
     remove_at = steps if remove_at is None else min(remove_at, steps)
     inject_at = min(inject_at, remove_at)
+    base = architecture.as_stepper(base, "mnist")
     index = mnist.cell_index(images, k)
     mask_keys = jax.vmap(lambda d: jax.random.fold_in(mask_key, d))(digit_ids)
     masks = jax.vmap(lambda mk, im: adversaries.mnist_live_mask(mk, im, p, ensure_live))(
         mask_keys, images
     )
 
-    def cells_step(params):
-        return lambda x, ks: mnist.mnist_step_cells(params, x, index, ks, per_sample_keys=True)
-
-    base_step = cells_step(base)
-    mixed_step = adversaries.with_adversaries(cells_step(adv), masks)(base_step)
+    base_step = _cells_step(base, index)
+    mixed_step = adversaries.with_adversaries(_cells_step(adv, index), masks)(base_step)
 
     def phase(step, x, start, stop):
         def body(x, i):
@@ -79,7 +81,7 @@ def mnist_adversary_rollout(
 
         return jax.lax.scan(body, x, jnp.arange(start, stop))
 
-    x = mnist.seed_states(images)
+    x = base.model.seed(images) if isinstance(base, architecture.CA) else mnist.seed_states(images)
     outs = []
     for step, start, stop in (
         (base_step, 0, inject_at),
@@ -95,6 +97,23 @@ def mnist_adversary_rollout(
     return counts, masks
 
 
+def _cells_step(model, index: mnist.CellIndex):
+    """A model's MNIST step on the alive cells of ``index`` with one key per digit; a plain
+    step function runs on each digit's whole grid (same maths, no gather)."""
+    model = architecture.as_stepper(model, "mnist")
+    if isinstance(model, architecture.CA):
+        return model.model.cell_step(model.params, index, per_sample_keys=True)
+    return lambda x, ks: jax.vmap(lambda xi, ki: model.step(xi[None], ki)[0])(x, ks)
+
+
+def _steppers(base, adv, kind: str):
+    """Both models as evaluation-ready pytrees, checked to share a grid."""
+    base, adv = architecture.as_stepper(base, kind), architecture.as_stepper(adv, kind)
+    if isinstance(base, architecture.CA) and isinstance(adv, architecture.CA):
+        adversaries.check_compatible(base, adv)
+    return base, adv
+
+
 def _check_window(steps: int, inject_at: int, remove_at: int | None) -> None:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -105,8 +124,8 @@ def _check_window(steps: int, inject_at: int, remove_at: int | None) -> None:
 
 
 def mnist_attack(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     images: np.ndarray,
     key: jax.Array,
     p: float,
@@ -123,7 +142,7 @@ def mnist_attack(
     mnist.check_images(images)
     adversaries.check_fraction(p)
     _check_window(steps, inject_at, remove_at)
-    adversaries.check_compatible(base, adv)
+    base, adv = _steppers(base, adv, "mnist")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k_run, k_mask = jax.random.split(key)
@@ -199,8 +218,8 @@ def mnist_attack_summary(
 
 
 def mnist_attack_trajectory(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     images: np.ndarray,
     key: jax.Array,
     p: float,
@@ -216,6 +235,7 @@ def mnist_attack_trajectory(
     mnist.check_images(images)
     adversaries.check_fraction(p)
     _check_window(steps, inject_at, remove_at)
+    base, adv = _steppers(base, adv, "mnist")
     k_run, k_mask = jax.random.split(key)
     counts, masks, votes = mnist_adversary_rollout(
         base,
@@ -237,10 +257,9 @@ def mnist_attack_trajectory(
     return np.asarray(votes), np.asarray(masks), present, np.asarray(counts)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "k"))
 def mnist_attack_lanes(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     images: jax.Array,
     keys: jax.Array,
     ps: jax.Array,
@@ -252,6 +271,12 @@ def mnist_attack_lanes(
     digits (B, H, W), lane l at fraction ``ps[l]`` with seed ``keys[l]`` (split into step
     and mask keys as :func:`mnist_attack`) and ``ensure_live[l]``: one program, ``vmap``
     over the lanes. ``k`` covers the digits (:func:`mnist.cells_needed`)."""
+    base, adv = _steppers(base, adv, "mnist")
+    return _mnist_attack_lanes(base, adv, images, keys, ps, ensure_live, steps, k)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "k"))
+def _mnist_attack_lanes(base, adv, images, keys, ps, ensure_live, steps, k):
     ids = jnp.arange(images.shape[0])
 
     def lane(key, p, ensure):
@@ -265,8 +290,8 @@ def mnist_attack_lanes(
 
 
 def mnist_success_curve(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     images: jax.Array,
     keys: jax.Array,
     ps: jax.Array,
@@ -277,10 +302,11 @@ def mnist_success_curve(
     """(P, S) share of alive cells voting ``target`` after ``steps`` steps, adversaries from
     step 0 at fraction ``ps[j]`` with seed ``keys[s]``: one program (:func:`mnist_attack_lanes`
     over the P x S pairs). ``images`` (B, H, W) should hold no ``target`` digits."""
+    base, adv = _steppers(base, adv, "mnist")
     n_p, n_s = len(ps), len(keys)
     lanes_p = jnp.repeat(jnp.asarray(ps, jnp.float32), n_s)
     lanes_k = jnp.tile(keys, (n_p, 1))
-    counts = mnist_attack_lanes(
+    counts = _mnist_attack_lanes(
         base, adv, images, lanes_k, lanes_p, jnp.zeros(n_p * n_s, bool), steps, k
     )
     share = counts[..., target].sum(-1) / jnp.maximum(counts.sum((-2, -1)), 1)
@@ -291,21 +317,43 @@ def mnist_success_curve(
 class GrowingAttack(NamedTuple):
     """Runs of :func:`growing_attack`: the lizards at injection (R, H, W, 16), the states
     after the attack (R, H, W, 16) or its trajectory (steps, R, H, W, 16), the masks
-    (R, H, W, 1)."""
+    (R, H, W, 1), and each step's largest |x| over the runs (steps,) for
+    :func:`nca_adv.evaluation.guards.divergence` (inf where a state is not finite)."""
 
     grown: jax.Array
     states: jax.Array
     masks: jax.Array
+    peaks: jax.Array | None = None
+
+
+def _seed(base, h: int, w: int) -> jax.Array:
+    """The seed of the base's state size (16 channels for a plain step function)."""
+    if isinstance(base, architecture.CA):
+        return base.model.seed(h, w)
+    return growing.seed_state(h, w)
 
 
 def _growing_run(base, adv, x0, alpha, key, p, grow_first, steps, trajectory):
+    base = architecture.as_stepper(base, "growing")
+    adv = architecture.as_stepper(adv, "growing")
     k_grow, k_mask, k_run = jax.random.split(key, 3)
-    grown = scan_steps(lambda x, k: growing.growing_step(base, x, k), x0, k_grow, grow_first)
+    grown = scan_steps(base.step, x0, k_grow, grow_first)
     mask = adversaries.growing_adversary_mask(k_mask, alpha, p)
-    mixed = adversaries.with_adversaries(lambda x, k: growing.growing_step(adv, x, k), mask)(
-        lambda x, k: growing.growing_step(base, x, k)
-    )
-    return GrowingAttack(grown, scan_steps(mixed, grown, k_run, steps, trajectory), mask)
+    mixed = adversaries.with_adversaries(adv.step, mask)(base.step)
+    states, peaks = _scan_with_peaks(mixed, grown, k_run, steps, trajectory)
+    return GrowingAttack(grown, states, mask, peaks)
+
+
+def _scan_with_peaks(step, x0, key, steps: int, trajectory: bool):
+    """:func:`scan_steps` (same keys) that also returns each step's largest |x| (steps,)."""
+
+    def body(x, i):
+        x = step(x, jax.random.fold_in(key, i))
+        peak = jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.inf))
+        return x, ((x if trajectory else None), peak)
+
+    final, (states, peaks) = jax.lax.scan(body, x0, jnp.arange(steps))
+    return (states if trajectory else final), peaks
 
 
 @functools.partial(jax.jit, static_argnames=("grow_first", "steps", "trajectory"))
@@ -315,12 +363,12 @@ def _growing_attack(base, adv, x0, alpha, keys, p, grow_first, steps, trajectory
     )(keys)
     if trajectory:  # (R, steps, ...) -> (steps, R, ...) as the other rollouts
         out = out._replace(states=jnp.swapaxes(out.states, 0, 1))
-    return out
+    return out._replace(peaks=jnp.max(out.peaks, axis=0))
 
 
 def growing_attack(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     target,
     key: jax.Array,
     runs: int,
@@ -334,21 +382,20 @@ def growing_attack(
     :func:`growing_adversary_masks`' rule on the mutated padded ``target``), run ``steps``
     more with the mixed step. Run i depends on ``split(key, runs)[i]`` only."""
     adversaries.check_fraction(p)
-    adversaries.check_compatible(base, adv)
+    base, adv = _steppers(base, adv, "growing")
     if runs < 1 or grow_first < 0 or steps < 0:
         raise ValueError(
             f"need runs >= 1, grow_first >= 0, steps >= 0; got {runs}, {grow_first}, {steps}"
         )
     alpha = adversaries.target_alpha(target)
-    x0 = growing.seed_state(*alpha.shape)
+    x0 = _seed(base, *alpha.shape)
     keys = jax.random.split(key, runs)
     return _growing_attack(base, adv, x0, alpha, keys, p, grow_first, steps, trajectory)
 
 
-@functools.partial(jax.jit, static_argnames=("grow_first", "steps"))
 def growing_success_curve(
-    base: dict,
-    adv: dict,
+    base,
+    adv,
     target: jax.Array,
     keys: jax.Array,
     ps: jax.Array,
@@ -357,8 +404,14 @@ def growing_success_curve(
 ) -> jax.Array:
     """(P, S) RGBA MSE to ``target`` (the mutated, padded one) after the growing protocol
     at fraction ``ps[j]`` with seed ``keys[s]``: one program, ``vmap`` over p and seeds."""
+    base, adv = _steppers(base, adv, "growing")
+    return _growing_success_curve(base, adv, target, keys, ps, grow_first, steps)
+
+
+@functools.partial(jax.jit, static_argnames=("grow_first", "steps"))
+def _growing_success_curve(base, adv, target, keys, ps, grow_first, steps):
     alpha = target[..., ALPHA_CHANNEL]
-    x0 = growing.seed_state(*alpha.shape)
+    x0 = _seed(base, *alpha.shape)
 
     def loss(p, key):
         run = _growing_run(base, adv, x0, alpha, key, p, grow_first, steps, False)
@@ -381,9 +434,8 @@ def _recorded_scan(step, x, key, steps: int, every: int):
     return jax.lax.scan(chunk, x, jnp.arange(steps // every))
 
 
-@functools.partial(jax.jit, static_argnames=("grow_first", "steps", "record_every"))
 def growing_attack_jobs(
-    base: dict,
+    base,
     advs: dict,
     alphas: jax.Array,
     ps: jax.Array,
@@ -401,15 +453,20 @@ def growing_attack_jobs(
     else None: a whole report's runs and its video for one compilation."""
     if record_every and steps % record_every:
         raise ValueError(f"record_every={record_every} must divide steps={steps}")
-    x0 = growing.seed_state(*alphas.shape[1:])
+    base = architecture.as_stepper(base, "growing")
+    return _growing_attack_jobs(base, advs, alphas, ps, keys, grow_first, steps, record_every)
+
+
+@functools.partial(jax.jit, static_argnames=("grow_first", "steps", "record_every"))
+def _growing_attack_jobs(base, advs, alphas, ps, keys, grow_first, steps, record_every):
+    x0 = _seed(base, *alphas.shape[1:])
 
     def job(adv, alpha, p, key):
+        adv = architecture.as_stepper(adv, "growing")
         k_grow, k_mask, k_run = jax.random.split(key, 3)
-        grown = scan_steps(lambda x, k: growing.growing_step(base, x, k), x0, k_grow, grow_first)
+        grown = scan_steps(base.step, x0, k_grow, grow_first)
         mask = adversaries.growing_adversary_mask(k_mask, alpha, p)
-        mixed = adversaries.with_adversaries(lambda x, k: growing.growing_step(adv, x, k), mask)(
-            lambda x, k: growing.growing_step(base, x, k)
-        )
+        mixed = adversaries.with_adversaries(adv.step, mask)(base.step)
         if not record_every:
             return scan_steps(mixed, grown, k_run, steps), mask, None
         final, frames = _recorded_scan(mixed, grown, k_run, steps, record_every)

@@ -1,5 +1,10 @@
 """Perturbed Growing CA rollouts: on/off schedules, phases, and the interpolation and
-composition analysis, each one jitted program (``vmap`` over matrices and seeds)."""
+composition analysis, each one jitted program (``vmap`` over matrices and seeds).
+
+The base is a model in any form :func:`nca_adv.models.architecture.as_stepper` takes: a
+:class:`~nca_adv.models.architecture.CA`, a bare Growing CA params dict (any hidden size or
+perception), or a step function ``(x, key) -> x`` (e.g. a mixed step with adversaries: a
+perturbation over an adversarial attack)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nca_adv.attacks.perturbation import CHANNELS, CLIP, interpolate, perturb_state
-from nca_adv.models import growing
+from nca_adv.models import architecture, growing
 from nca_adv.models.masks import alive_mask
 from nca_adv.models.rollout import scan_steps
 
@@ -20,12 +25,13 @@ from nca_adv.models.rollout import scan_steps
 def _scheduled(params, a, x0, key, on, start, trajectory, clip):
     """Steps start .. start+len(on)-1; step i draws fold_in(key, i). ``trajectory``:
     None, "state" (every state) or "rgba" (their first 4 channels: 4x less memory)."""
+    base = architecture.as_stepper(params, "growing")
 
     def body(x, inp):
         i, on_i = inp
         # Select the state, not the matrix: "off" must skip the clip and the alive mask.
         x = jnp.where(on_i, perturb_state(x, a, clip=clip), x)
-        x = growing.growing_step(params, x, jax.random.fold_in(key, i))
+        x = base.step(x, jax.random.fold_in(key, i))
         out = None if trajectory is None else (x if trajectory == "state" else x[..., :4])
         return x, out
 
@@ -43,7 +49,7 @@ def _check(a, on) -> tuple[jax.Array, jax.Array]:
 
 
 def perturbed_rollout(
-    params: dict,
+    params,
     a: jax.Array,
     x0: jax.Array,
     key: jax.Array,
@@ -61,9 +67,10 @@ def perturbed_rollout(
     state, or with ``trajectory=True`` the (steps, ..., H, W, 16) states after each step
     (``"rgba"``: only their first 4 channels).
     """
-    growing.check_state(x0)
+    growing.check_state(x0, x0.shape[-1])
     a, on = _check(a, on)
     mode = {False: None, True: "state", "rgba": "rgba"}[trajectory]
+    params = architecture.as_stepper(params, "growing")
     return _scheduled(params, a, x0, key, on, jnp.int32(start), mode, clip)
 
 
@@ -80,7 +87,7 @@ class PhaseResult(NamedTuple):
 
 
 def run_phases(
-    params: dict,
+    params,
     a: jax.Array,
     x0: jax.Array,
     keys: jax.Array,
@@ -96,6 +103,7 @@ def run_phases(
             f"need (S, H, W, 16) start states and S keys, got {x0.shape}, {keys.shape}"
         )
     a, _ = _check(a, [True])
+    params = architecture.as_stepper(params, "growing")
     out, x = [], jnp.asarray(x0)
     for on, start, end in phases:
         seg = jnp.full(end - start, on)
@@ -104,10 +112,21 @@ def run_phases(
     return out
 
 
-def grow(params: dict, h: int, w: int, keys: jax.Array, steps: int) -> jax.Array:
-    """(S, H, W, 16): one seed per key grown ``steps`` steps by the base alone."""
-    seeds = jnp.broadcast_to(growing.seed_state(h, w), (keys.shape[0], h, w, growing.CHANNELS))
-    return growing.rollout_each(params, seeds, keys, steps) if steps else seeds
+def grow(params, h: int, w: int, keys: jax.Array, steps: int) -> jax.Array:
+    """(S, H, W, C): one seed per key grown ``steps`` steps by the base alone."""
+    base = architecture.as_stepper(params, "growing")
+    seed = base.model.seed(h, w) if isinstance(base, architecture.CA) else growing.seed_state(h, w)
+    seeds = jnp.broadcast_to(seed, (keys.shape[0], *seed.shape))
+    if not steps:
+        return seeds
+    if isinstance(base, architecture.CA) and base.model == architecture.GrowingCA():
+        return growing.rollout_each(base.params, seeds, keys, steps)
+    return _grow_each(base, seeds, keys, steps)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _grow_each(base, seeds, keys, steps):
+    return jax.vmap(lambda x, k: scan_steps(base.step, x, k, steps))(seeds, keys)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -137,7 +156,7 @@ def _sweep(params, matrices, x0, keys, steps, target, original_target, frames_ev
         return jax.lax.scan(chunk, x, jnp.arange(steps // frames_every))
 
     def plain(x, key):
-        return scan_steps(lambda y, k: growing.growing_step(params, y, k), x, key, steps)
+        return scan_steps(architecture.as_stepper(params, "growing").step, x, key, steps)
 
     finals, frames = jax.vmap(lambda a: jax.vmap(lambda x, k: one(a, x, k))(x0, keys))(matrices)
     base = jax.vmap(plain)(x0, keys)
@@ -156,7 +175,7 @@ def _sweep(params, matrices, x0, keys, steps, target, original_target, frames_ev
 
 
 def sweep(
-    params: dict,
+    params,
     matrices: jax.Array,
     x0: jax.Array,
     keys: jax.Array,
@@ -178,11 +197,10 @@ def sweep(
     matrices = jnp.asarray(matrices, jnp.float32)
     if matrices.ndim != 3 or matrices.shape[1:] != (CHANNELS, CHANNELS):
         raise ValueError(f"matrices must be (K, {CHANNELS}, {CHANNELS}), got {matrices.shape}")
-    growing.check_state(x0)
+    growing.check_state(x0, x0.shape[-1])
     if x0.ndim != 4 or keys.shape[0] != x0.shape[0]:
-        raise ValueError(
-            f"need (S, H, W, 16) start states and S keys, got {x0.shape}, {keys.shape}"
-        )
+        raise ValueError(f"need (S, H, W, C) start states and S keys, got {x0.shape}, {keys.shape}")
+    params = architecture.as_stepper(params, "growing")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if frames_every < 0 or (frames_every and steps % frames_every):

@@ -110,3 +110,49 @@ def export_run(
         "weights": str(weights),
         "metrics": str(csv),
     }
+
+
+def export_hardened(
+    workdir: str | os.PathLike,
+    out_dir: str | os.PathLike = PACKAGE_MODELS,
+    names: tuple[str, str | None] = ("mnist_hardened", None),
+    force: bool = False,
+) -> list[dict]:
+    """Ship a hardened MNIST run (``train_mnist_hardened``): its base (``params.npz``) and,
+    when ``names[1]`` is given, the adversary it was trained against (``adversary.npz``),
+    both written by the trainer at the end of the run, as ``out_dir/<names[0]>.npz`` and
+    ``<names[1]>.npz``, each with the run's loss curve (total, base and adversary losses).
+    Checked before writing, as :func:`export_run`."""
+    workdir, out = Path(workdir), Path(out_dir)
+    files = {names[0]: workdir / "params.npz"}
+    if names[1] is not None:
+        files[names[1]] = workdir / "adversary.npz"
+    for name, path in files.items():
+        if not _NAME.fullmatch(name):
+            raise UserError(f"model name {name!r}: use letters, digits, '_', '-' or '.'")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: finish the run first (--resume)")
+        shipped = out.resolve() == PACKAGE_MODELS.resolve() and (out / f"{name}.npz").exists()
+        if shipped and not force:
+            raise UserError(f"{out / name}.npz is a model shipped in the package; pass --force")
+    columns, records = _curve(workdir / "metrics.jsonl", None)
+    params = {name: io.load_npz(path, "mnist") for name, path in files.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(columns)] + [
+        ",".join([str(r["iteration"])] + [f"{r[k]:.6g}" for k in columns[1:]]) for r in records
+    ]
+    written = []
+    for name, p in params.items():
+        io.save_params(out / f"{name}.npz", p, "mnist")
+        _write_text(out / f"{name}_metrics.csv", "\n".join(lines) + "\n")
+        written.append(
+            {
+                "name": name,
+                "kind": "mnist",
+                "iterations": records[-1]["iteration"],
+                "final_loss": records[-1]["loss"],
+                "weights": str(out / f"{name}.npz"),
+                "metrics": str(out / f"{name}_metrics.csv"),
+            }
+        )
+    return written

@@ -9,6 +9,11 @@ Weights file format (``.npz``, float32): the key ``kind`` (``growing`` or ``mnis
 
 which is also the layout of ``../shared/reference/npz`` (1x1 conv kernels are accepted
 with their leading 1, 1). Perception feature order is the original's (``c*3 + m``).
+Files written now also hold ``architecture``, the model's description as JSON
+(:mod:`nca_adv.models.architecture`); a model of another architecture (other sizes, a learned
+perception) is stored as ``param/<path>`` arrays beside it. Loading rebuilds the model and
+refuses missing, extra or misshaped arrays; files without ``architecture`` are the authors'
+architecture of their kind.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import jax
 import numpy as np
 
 from nca_adv.errors import UserError
+from nca_adv.models import architecture
 
 KINDS = ("growing", "mnist")
 
@@ -75,6 +81,9 @@ def params_from_arrays(arrays: dict[str, np.ndarray], kind: str, source: str = "
         if not np.all(np.isfinite(a)):
             raise ModelFormatError(f"{source}: {key!r} holds non-finite values")
         (params.setdefault(module, {}) if module else params)[name] = a
+    extra = set(arrays) - set(_LAYOUT[kind])
+    if extra:
+        raise ModelFormatError(f"{source}: unexpected arrays {sorted(extra)} for a {kind} model")
     return params
 
 
@@ -87,13 +96,82 @@ def arrays_from_params(params: dict, kind: str) -> dict[str, np.ndarray]:
     return out
 
 
-def save_params(path: str | os.PathLike, params: dict, kind: str) -> None:
-    """Write params as a ``.npz`` weights file (atomic: temp file + rename)."""
+PARAM_PREFIX = "param/"  # arrays of a model of another architecture: param/<module>/<name>
+
+
+def save_params(
+    path: str | os.PathLike, params: dict, kind: str, model: architecture.Model | None = None
+) -> None:
+    """Write params as a ``.npz`` weights file with the model's description beside them
+    (atomic: temp file + rename). ``model`` defaults to the one the shapes show; every
+    parameter is checked against it (nothing is dropped, nothing extra is written)."""
+    _check_kind(kind)
+    params = jax.tree.map(np.asarray, params)
+    try:
+        model = model or architecture.infer(params, kind)
+        architecture.check_params(model, params, f"parameters for {path}")
+    except ValueError as e:
+        raise ModelFormatError(str(e)) from e
+    if model.kind != kind:
+        raise ModelFormatError(f"{path}: a {model.kind} model cannot be saved as {kind}")
+    if model == architecture.default(kind):
+        arrays = arrays_from_params(params, kind)
+    else:
+        arrays = {PARAM_PREFIX + k: np.asarray(v, np.float32) for k, v in _flat(params).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, kind=np.array(kind), **arrays_from_params(params, kind))
+    description = np.array(architecture.to_json(model))
+    np.savez(tmp, kind=np.array(kind), architecture=description, **arrays)
     os.replace(tmp, path)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _unflat(arrays: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, a in arrays.items():
+        *parents, name = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = np.asarray(a, np.float32)
+    return tree
+
+
+def _model_from_arrays(arrays: dict[str, np.ndarray], kind: str, source: str):
+    """(model, params) from a weights file's arrays (``kind``/``architecture`` removed)."""
+    text = arrays.pop("architecture", None)
+    try:
+        model = architecture.from_json(str(text)) if text is not None else None
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from e
+    if model is not None and model.kind != kind:
+        raise ModelFormatError(f"{source} holds a {model.kind} model, expected {kind}")
+    generic = {k[len(PARAM_PREFIX) :]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+    if generic:
+        if model is None:
+            raise ModelFormatError(f"{source}: param/ arrays without an architecture description")
+        other = sorted(set(arrays) - {PARAM_PREFIX + k for k in generic})
+        if other:
+            raise ModelFormatError(f"{source}: unexpected arrays {other}")
+        params = _unflat(generic)
+    else:
+        params = params_from_arrays(arrays, kind, source)
+        model = model or architecture.default(kind)
+    try:
+        architecture.check_params(model, params, source)
+    except ValueError as e:
+        raise ModelFormatError(str(e)) from e
+    for k, a in _flat(params).items():
+        if not np.all(np.isfinite(a)):
+            raise ModelFormatError(f"{source}: {k!r} holds non-finite values")
+    return model, params
 
 
 def _layout_kind(keys) -> str | None:
@@ -105,6 +183,11 @@ def _layout_kind(keys) -> str | None:
 def load_npz(path: str | os.PathLike, kind: str) -> dict:
     """A ``.npz`` weights file -> flax params of ``kind``. Never unpickles: a file that is
     not a zip of plain arrays is refused."""
+    return read_npz(path, kind).params
+
+
+def read_npz(path: str | os.PathLike, kind: str) -> architecture.CA:
+    """A ``.npz`` weights file -> its model and params (:class:`architecture.CA`)."""
     if Path(path).is_dir():
         raise ModelFormatError(f"{path} is a directory, not a .npz weights file")
     # np.load reads a non-zip file as .npy or pickle; its error then talks about trusting
@@ -121,7 +204,7 @@ def load_npz(path: str | os.PathLike, kind: str) -> dict:
     file_kind = str(arrays.pop("kind", None) or _layout_kind(arrays) or kind)
     if file_kind != kind:
         raise ModelFormatError(f"{path} holds a {file_kind} model, expected {kind}")
-    return params_from_arrays(arrays, kind, str(path))
+    return architecture.CA(*_model_from_arrays(arrays, kind, str(path)))
 
 
 # ----------------------------------------------------------------------------- TF.js
@@ -307,29 +390,41 @@ def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
                 f"checkpoint {path} cannot be read: its content hash does not match the one "
                 "written with it (corrupt data)"
             )
-    params = jax.tree.map(np.asarray, state["params"])
+    return _checkpoint_ca(jax.tree.map(np.asarray, state["params"]), kind, path).params
+
+
+def _checkpoint_ca(params, kind: str, path: Path) -> architecture.CA:
+    """The one run's model and params of a checkpoint's (possibly run-stacked) params:
+    the model from the workdir's config.json ``architecture`` when recorded, else from
+    the shapes."""
     found = _params_kind(params)
     if found is not None and found != kind:
         raise ModelFormatError(f"checkpoint {path} holds a {found} model, expected {kind}")
+    if not isinstance(params, dict) or "dense2" not in params:
+        raise ModelFormatError(f"checkpoint {path} holds no {kind} model parameters")
+    if params["dense2"]["kernel"].ndim == 3:  # the engine stacks runs on a leading axis
+        runs = params["dense2"]["kernel"].shape[0]
+        if runs != 1:
+            raise ModelFormatError(
+                f"checkpoint {path} holds {runs} runs (a sweep); give one run's folder "
+                "(run_<name>/, with its params.npz)"
+            )
+        params = jax.tree.map(lambda a: a[0], params)
+    config = path.parent.parent / "config.json" if path.parent.name == "checkpoints" else None
+    described = None
+    if config is not None and config.is_file():
+        try:
+            described = json.loads(config.read_text()).get("architecture")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            described = None
     try:
-        arrays = arrays_from_params(params, kind)
-    except (KeyError, TypeError) as e:
-        raise ModelFormatError(f"checkpoint {path} holds no {kind} model parameters") from e
-    return params_from_arrays(_one_run(arrays, kind, path), kind, str(path))
-
-
-def _one_run(arrays: dict[str, np.ndarray], kind: str, path: Path) -> dict[str, np.ndarray]:
-    """The training engine stacks runs on a leading axis: take the only run."""
-    key, (_, _, shape) = next(iter(_LAYOUT[kind].items()))
-    if arrays[key].ndim != len(shape) + 1:
-        return arrays
-    runs = arrays[key].shape[0]
-    if runs != 1:
-        raise ModelFormatError(
-            f"checkpoint {path} holds {runs} runs (a sweep); give one run's folder "
-            "(run_<name>/, with its params.npz)"
-        )
-    return {k: a[0] for k, a in arrays.items()}
+        model = architecture.from_dict(described) if described else architecture.infer(params, kind)
+        architecture.check_params(model, params, f"checkpoint {path}")
+    except ValueError as e:
+        raise ModelFormatError(str(e)) from e
+    if model.kind != kind:
+        raise ModelFormatError(f"checkpoint {path} holds a {model.kind} model, expected {kind}")
+    return architecture.CA(model, params)
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -342,23 +437,34 @@ def shipped_models() -> dict[str, Path]:
 def load_model(spec: str, kind: str) -> dict:
     """A shipped name (``lizard``, ``mnist``), a ``.npz``, a TF.js ``.json``, or a
     project checkpoint/workdir -> flax params of ``kind``."""
+    return load_ca(spec, kind).params
+
+
+def load_ca(spec: str, kind: str) -> architecture.CA:
+    """:func:`load_model` with the model's architecture: a :class:`architecture.CA`
+    (``ca.model``, ``ca.params``, ``ca.step(x, key)``)."""
     _check_kind(kind)
     shipped = shipped_models()
     if spec in shipped:
-        return load_npz(shipped[spec], kind)
+        return read_npz(shipped[spec], kind)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(
             f"model {spec!r} is neither a shipped model {sorted(shipped)} nor an existing path"
         )
     if path.suffix == ".npz":
-        return load_npz(path, kind)
+        return read_npz(path, kind)
     if path.suffix == ".json":
-        return load_tfjs(path, kind)
+        return architecture.CA(architecture.default(kind), load_tfjs(path, kind))
     if path.is_dir():
         if not (path / "checkpoints").is_dir() and (path / "params.npz").is_file():
-            return load_npz(path / "params.npz", kind)  # one run's folder of a sweep
-        return load_checkpoint_params(path, kind)
+            return read_npz(path / "params.npz", kind)  # one run's folder of a sweep
+        return _load_checkpoint_ca(path, kind)
     raise ModelFormatError(
         f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)"
     )
+
+
+def _load_checkpoint_ca(path: Path, kind: str) -> architecture.CA:
+    params = load_checkpoint_params(path, kind)
+    return _checkpoint_ca(params, kind, _checkpoint_dir(path))

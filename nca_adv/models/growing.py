@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,14 +53,16 @@ def growing_step(
     key: jax.Array,
     fire_rate: float = FIRE_RATE,
     perceive: Callable[[jax.Array], jax.Array] = sobel_perceive,
+    update: nn.Module = UPDATE,
 ) -> jax.Array:
     """One CA step: perceive, update the cells that fire, keep cells alive before and after.
 
     ``perceive`` selects the formulation (:func:`sobel_perceive_conv` for the benchmark's
-    baseline); the maths is the same.
+    baseline; ``im2col3x3`` for a learned perception), ``update`` the network (the
+    article's by default; see :mod:`nca_adv.models.architecture` for other sizes).
     """
     pre_alive = alive_mask(x)
-    dx = UPDATE.apply({"params": params}, perceive(x))
+    dx = update.apply({"params": params}, perceive(x))
     x = x + dx * fire_mask(key, x.shape[:-1], fire_rate)
     return x * (pre_alive & alive_mask(x))
 

@@ -12,6 +12,7 @@ import functools
 import time
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,9 +55,21 @@ def check_states(x: np.ndarray) -> None:
         raise ValueError("state holds NaN or infinite values")
 
 
-def seed_states(images: jax.Array) -> jax.Array:
-    """Grey images (..., H, W) in [0, 1] -> states (..., H, W, 20) with only channel 0 set."""
-    x = jnp.zeros((*images.shape, CHANNELS), jnp.float32)
+def seed_states(images: jax.Array, channels: int = CHANNELS) -> jax.Array:
+    """Grey images (..., H, W) in [0, 1] -> states (..., H, W, 20) with only channel 0 set.
+
+    Raw bytes are refused (uint8, or concrete values above 1: divide by 255 first); a
+    single image (H, W) gives a single state (H, W, 20)."""
+    if getattr(images, "dtype", None) == np.uint8:
+        raise ValueError("images are uint8 bytes 0..255: pass grey values in [0, 1] (x / 255)")
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim < 2:
+        raise ValueError(f"expected grey images (..., H, W), got shape {images.shape}")
+    if not isinstance(images, jax.core.Tracer) and images.size and float(images.max()) > 1.0:
+        raise ValueError(
+            f"grey values must lie in [0, 1], got max {float(images.max())} (raw bytes? x / 255)"
+        )
+    x = jnp.zeros((*images.shape, channels), jnp.float32)
     return x.at[..., 0].set(images)
 
 
@@ -72,12 +85,12 @@ def label_maps(images: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _random_draws(
-    key: jax.Array, b: int, h: int, w: int, per_sample: bool
+    key: jax.Array, b: int, h: int, w: int, per_sample: bool, channels: int = CHANNELS
 ) -> tuple[jax.Array, jax.Array]:
     """The step's random numbers on the whole grid: uniform (B, H, W, 1) for the fire mask
     and standard normal (B, H, W, 19) for the noise. With ``per_sample``, ``key`` holds one
     key per sample (B, ...) and sample i's draws depend on ``key[i]`` only."""
-    shapes = ((h, w, 1), (h, w, CHANNELS - 1))
+    shapes = ((h, w, 1), (h, w, channels - 1))
 
     def draw(k, lead):
         k_fire, k_noise = jax.random.split(k)
@@ -98,13 +111,14 @@ def mnist_step(
     fire_rate: float = FIRE_RATE,
     noise_std: float = NOISE_STD,
     per_sample_keys: bool = False,
+    update: nn.Module = UPDATE,
 ) -> jax.Array:
     """One step on the whole (B, H, W, 20) grid: learned 3x3 perception + MLP, N(0,
     noise_std) residual noise, applied to channels 1..19 only where the cell fires AND is
     alive. No clipping. The reference form of :func:`mnist_step_cells`."""
-    b, h, w, _ = x.shape
-    uniform, normal = _random_draws(key, b, h, w, per_sample_keys)
-    dx = UPDATE.apply({"params": params}, im2col3x3(x)) + noise_std * normal
+    b, h, w, c = x.shape
+    uniform, normal = _random_draws(key, b, h, w, per_sample_keys, c)
+    dx = update.apply({"params": params}, im2col3x3(x)) + noise_std * normal
     mask = (uniform <= fire_rate) & alive(x)
     return x.at[..., 1:].add(dx * mask)
 
@@ -150,6 +164,7 @@ def mnist_step_cells(
     fire_rate: float = FIRE_RATE,
     noise_std: float = NOISE_STD,
     per_sample_keys: bool = False,
+    update: nn.Module = UPDATE,
 ) -> jax.Array:
     """:func:`mnist_step` computed on the alive cells only: same maths, same random draws,
     same result (bit for bit), about H*W/K times less work.
@@ -164,11 +179,11 @@ def mnist_step_cells(
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, -1, c)
     flat_nb = index.neighbours.reshape(b, k * 9, 1)
     patches = jnp.take_along_axis(padded, flat_nb, axis=1).reshape(b, k, 9 * c)
-    uniform, normal = _random_draws(key, b, h, w, per_sample_keys)
+    uniform, normal = _random_draws(key, b, h, w, per_sample_keys, c)
     at_cells = index.cells[..., None]
     uniform = jnp.take_along_axis(uniform.reshape(b, h * w, 1), at_cells, axis=1)
     normal = jnp.take_along_axis(normal.reshape(b, h * w, c - 1), at_cells, axis=1)
-    dx = UPDATE.apply({"params": params}, patches) + noise_std * normal
+    dx = update.apply({"params": params}, patches) + noise_std * normal
     dx = dx * ((uniform <= fire_rate) & index.valid)
     delta = jnp.zeros((b, h * w, c - 1), x.dtype).at[jnp.arange(b)[:, None], index.cells].add(dx)
     return x.at[..., 1:].add(delta.reshape(b, h, w, c - 1))
@@ -176,15 +191,12 @@ def mnist_step_cells(
 
 @functools.partial(jax.jit, static_argnames=("steps", "k", "trajectory", "fire_rate", "noise_std"))
 def _rollout(params, x0, key, steps, k, trajectory, fire_rate, noise_std):
-    index = cell_index(x0[..., 0], k)
-
-    return scan_steps(
-        lambda x, k: mnist_step_cells(params, x, index, k, fire_rate, noise_std),
-        x0,
-        key,
-        steps,
-        trajectory,
-    )
+    if k is None:
+        step = lambda x, ks: mnist_step(params, x, ks, fire_rate, noise_std)  # noqa: E731
+    else:
+        index = cell_index(x0[..., 0], k)
+        step = lambda x, ks: mnist_step_cells(params, x, index, ks, fire_rate, noise_std)  # noqa: E731
+    return scan_steps(step, x0, key, steps, trajectory)
 
 
 def rollout(
@@ -195,23 +207,46 @@ def rollout(
     trajectory: bool = False,
     fire_rate: float = FIRE_RATE,
     noise_std: float = NOISE_STD,
+    cells: int | None = None,
 ) -> jax.Array:
-    """Run ``steps`` steps from states ``x0`` (B, 28, 28, 20), jitted, on alive cells only;
+    """Run ``steps`` steps from states ``x0`` (B, 28, 28, 20) or one state (28, 28, 20);
     step i draws ``fold_in(key, i)``. Returns the final state, or with ``trajectory=True``
-    all (steps, B, ...) states."""
-    check_states(x0)
-    k = cells_needed(np.asarray(x0[..., 0]))
-    return _rollout(params, x0, key, steps, k, trajectory, fire_rate, noise_std)
+    all (steps, ...) states.
+
+    Concrete states run on their alive cells only (K found on the host); under ``jit``
+    (traced states) pass ``cells`` = K (:func:`cells_needed`), or the whole-grid step runs:
+    the same result either way, so the function is jittable.
+    """
+    single = jnp.ndim(x0) == 3
+    x0 = jnp.asarray(x0)[None] if single else jnp.asarray(x0)
+    traced = isinstance(x0, jax.core.Tracer)
+    if not traced:
+        check_states(x0)
+    elif x0.ndim != 4 or x0.shape[-1] != CHANNELS:
+        raise ValueError(f"expected MNIST CA states (B, H, W, {CHANNELS}), got {x0.shape}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if cells is None and not traced:
+        cells = cells_needed(np.asarray(x0[..., 0]))
+    out = _rollout(params, x0, key, steps, cells, trajectory, fire_rate, noise_std)
+    if single:
+        out = out[:, 0] if trajectory else out[0]
+    return out
+
+
+DEAD_VOTE = -1  # what a dead cell "votes": not a class
 
 
 def votes(x: jax.Array) -> jax.Array:
-    """(..., H, W) int: each cell's class, the argmax of channels 10..19."""
-    return jnp.argmax(x[..., CHANNELS - NUM_CLASSES :], axis=-1)
+    """(..., H, W) int8: each alive cell's class (the argmax of the last 10 channels),
+    ``DEAD_VOTE`` (-1) for dead cells, so class 0 and "no cell" never mix."""
+    v = jnp.argmax(x[..., -NUM_CLASSES:], axis=-1).astype(jnp.int8)
+    return jnp.where(alive(x)[..., 0], v, jnp.int8(DEAD_VOTE))
 
 
 def l2_loss(x: jax.Array, y: jax.Array) -> jax.Array:
     """Per-sample loss (...,): sum over H, W, classes of (y - scores)^2 / 2."""
-    return jnp.sum(jnp.square(y - x[..., CHANNELS - NUM_CLASSES :]), axis=(-3, -2, -1)) / 2
+    return jnp.sum(jnp.square(y - x[..., -NUM_CLASSES:]), axis=(-3, -2, -1)) / 2
 
 
 class DigitStats(NamedTuple):

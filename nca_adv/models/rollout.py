@@ -33,6 +33,25 @@ def scan_steps(
     return states if trajectory else x_final
 
 
+def rollout(
+    step: Callable[[jax.Array, jax.Array], jax.Array],
+    x0: jax.Array,
+    key: jax.Array,
+    steps: int,
+    trajectory: bool = False,
+) -> jax.Array:
+    """The public rollout: iterate any step ``(x, key) -> x`` (a model's, or one made by
+    attack transforms) ``steps`` times from ``x0``; the final state, or with ``trajectory``
+    the (steps, ...) states after each step. Step i draws ``fold_in(key, i)``. Jittable
+    (``steps`` and ``trajectory`` static): ``jax.jit(rollout, static_argnums=(0, 3, 4))``,
+    or call it inside your own jitted function; ``vmap`` it over keys or states."""
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not callable(step):
+        raise TypeError(f"step must be a function (x, key) -> x, got {step!r}")
+    return scan_steps(step, jnp.asarray(x0), key, steps, trajectory)
+
+
 def scan_variable_steps(
     step: Callable[[jax.Array, jax.Array], jax.Array],
     x0: jax.Array,

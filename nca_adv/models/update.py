@@ -12,13 +12,20 @@ import jax.numpy as jnp
 
 
 class GrowingUpdate(nn.Module):
-    """Growing CA update: Dense 48->128 + ReLU, Dense 128->16 (zero-initialised kernel)."""
+    """Growing CA update: Dense 48->128 + ReLU, Dense 128->16 (zero-initialised kernel).
+
+    With ``perception`` > 0 the input is the im2col 3x3 patches (..., 9C) and a learned 3x3
+    convolution into ``perception`` features comes first (as the MNIST CA's); 0 takes
+    precomputed features (the fixed sobel perception)."""
 
     hidden: int = 128
     channels: int = 16
+    perception: int = 0
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        if self.perception:
+            features = _learned_perception(self, features, self.channels, self.perception)
         h = nn.relu(nn.Dense(self.hidden, name="dense1")(features))
         # Zero last kernel: training starts from "do nothing", as in the original.
         return nn.Dense(self.channels, kernel_init=nn.initializers.zeros, name="dense2")(h)
@@ -39,15 +46,21 @@ class MnistUpdate(nn.Module):
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> jax.Array:
-        kernel = self.param(
-            "perceive_kernel",
-            nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
-            (3, 3, self.channels, self.perception),
-        )
-        bias = self.param("perceive_bias", nn.initializers.zeros, (self.perception,))
-        h = nn.relu(patches @ kernel.reshape(9 * self.channels, self.perception) + bias)
+        h = _learned_perception(self, patches, self.channels, self.perception)
         h = nn.relu(nn.Dense(self.hidden, name="dense1")(h))
         return nn.Dense(self.channels - 1, kernel_init=nn.initializers.zeros, name="dense2")(h)
+
+
+def _learned_perception(module: nn.Module, patches: jax.Array, channels: int, out: int):
+    """A learned 3x3 convolution (``perceive_kernel`` (3, 3, C, out), ``perceive_bias``)
+    + ReLU, as one matmul on im2col patches (..., 9C)."""
+    kernel = module.param(
+        "perceive_kernel",
+        nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
+        (3, 3, channels, out),
+    )
+    bias = module.param("perceive_bias", nn.initializers.zeros, (out,))
+    return nn.relu(patches @ kernel.reshape(9 * channels, out) + bias)
 
 
 def init_params(module: nn.Module, key: jax.Array, in_features: int) -> dict:

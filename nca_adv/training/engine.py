@@ -146,3 +146,35 @@ def stack_runs(trees: list[Pytree]) -> Pytree:
 def run_slice(tree: Pytree, r: int) -> Pytree:
     """Run ``r`` of a pytree with a leading run axis."""
     return jax.tree.map(lambda a: a[r], tree)
+
+
+def train(
+    recipe: Recipe,
+    keys: jax.Array,
+    shared: Pytree,
+    runs: Pytree,
+    iterations: int,
+    batch_sharding: NamedSharding | None = None,
+) -> tuple[dict, dict]:
+    """The whole training in memory, PureJaxRL-style: R runs (``keys`` (R, 2), ``runs``
+    per-run constants with a leading R axis, see :func:`stack_runs`) initialised and trained
+    ``iterations`` iterations in one jitted program (``vmap`` over runs, ``lax.scan`` over
+    iterations). Returns the final states (``params``, ``opt_state``, ``pool``, ``key``;
+    leading R axis) and the metrics ((R, iterations) arrays, ``loss`` first).
+
+    Same seeds, same result as :func:`nca_adv.training.fit.fit` with the same recipe and
+    runs (which adds checkpoints, metrics files and progress around chunks of this)."""
+    check_recipe(recipe)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    keys = jnp.asarray(keys)
+    if keys.ndim != 2:
+        raise ValueError(f"keys must be (R, 2) PRNG keys, one per run, got {keys.shape}")
+    n = keys.shape[0]
+    for leaf in jax.tree.leaves(runs):
+        if jnp.shape(leaf)[:1] != (n,):
+            raise ValueError(
+                f"every run constant needs a leading axis of {n} runs, got {jnp.shape(leaf)}"
+            )
+    states = init_states(recipe, keys, shared, runs)
+    return make_chunk(recipe, iterations, n, batch_sharding)(states, shared, runs)

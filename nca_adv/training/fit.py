@@ -17,9 +17,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nca_adv.training import engine
+from nca_adv.training import distributed, engine
 from nca_adv.training.runtime import (
     BATCH_AXIS,
+    INPUTS,
     Checkpointer,
     CheckpointError,
     DivergenceError,
@@ -28,6 +29,8 @@ from nca_adv.training.runtime import (
     WorkdirLock,
     check_batch_divides,
     check_config,
+    data_mesh,
+    input_hashes,
 )
 
 
@@ -58,6 +61,22 @@ def placement(
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 
 
+def _lock(workdir: Path) -> WorkdirLock | None:
+    """The workdir lock, taken by process 0 alone (a multi-host run's processes share the
+    workdir); every process learns whether it was taken, so all of them stop together."""
+    lock, error = None, None
+    if distributed.is_main_process():
+        try:
+            lock = WorkdirLock(workdir)
+        except CheckpointError as e:
+            error = e
+    if not distributed.main_process_flag(error is None):
+        raise error or CheckpointError(
+            f"{workdir} is in use by another trainer (process 0 could not lock it)"
+        )
+    return lock
+
+
 def fit(
     recipe: engine.Recipe,
     shared: Any,
@@ -85,6 +104,10 @@ def fit(
         raise ValueError(f"run names must differ: {[r.name for r in runs]}")
     if iterations < 1 or chunk < 1 or checkpoint_every < 1:
         raise ValueError("iterations, chunk and checkpoint_every must be >= 1")
+    if mesh is None and distributed.process_count() > 1:
+        mesh = data_mesh()  # a multi-host run spans every process's devices
+    if mesh is not None:
+        distributed.check_mesh(mesh)
     state_sharding, batch_sharding = placement(mesh, len(runs), recipe.batch_size)
     workdir = Path(workdir)
     if resume and not (workdir / "checkpoints").is_dir():
@@ -92,7 +115,7 @@ def fit(
             f"--resume: {workdir} holds no checkpoints/ (a new, misspelt or emptied workdir); "
             "drop --resume to start a new run"
         )
-    lock = WorkdirLock(workdir)
+    lock = _lock(workdir)
     ckpt = None
     writers: list[MetricsWriter] = []
     try:
@@ -102,40 +125,31 @@ def fit(
                 f"{ckpt.directory} already holds checkpoints; pass --resume to continue "
                 "or choose another --workdir"
             )
-        check_config(workdir, {**(config or {}), "runs": [r.name for r in runs]}, resume)
+        if resume:  # what there is to resume, before the settings are looked at
+            _check_resumable(ckpt, iterations)
+        # The inputs' content hashes join the settings: a resume on a replaced target,
+        # base or data file is refused like one with other settings.
+        inputs = input_hashes(shared, {r.name: r.consts for r in runs})
+        config = {**(config or {}), "runs": [r.name for r in runs], INPUTS: inputs}
+        check_config(workdir, config, resume)
         keys = jax.numpy.stack([jax.random.PRNGKey(r.seed) for r in runs])
         run_consts = engine.stack_runs([r.consts for r in runs])
         states = engine.init_states(recipe, keys, shared, run_consts)
         if state_sharding is not None:
             replicated = NamedSharding(mesh, PartitionSpec())
-            states = jax.device_put(states, state_sharding)
-            run_consts = jax.device_put(run_consts, state_sharding)
-            shared = jax.device_put(shared, replicated)
+            states = distributed.put(states, state_sharding)
+            run_consts = distributed.put(run_consts, state_sharding)
+            shared = distributed.put(shared, replicated)
         else:  # committed like a restored state, so a fresh and a resumed run share one program
             device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
             states, run_consts, shared = jax.device_put((states, run_consts, shared), device)
         start = 0
         if resume:
-            latest = ckpt.latest_step()
-            if latest is None:
-                raise CheckpointError(
-                    f"--resume: no usable checkpoint in {ckpt.directory}"
-                    + (
-                        f" (only incomplete saves {ckpt.incomplete_saves()})"
-                        if ckpt.incomplete_saves()
-                        else ""
-                    )
-                    + "; drop --resume to start a new run"
-                )
-            if latest > iterations:
-                raise CheckpointError(
-                    f"{ckpt.directory} is at iteration {latest}, past the requested "
-                    f"{iterations}; ask for more iterations"
-                )
             start, states = ckpt.restore(states)
             logging.info("resumed from iteration %d (%s)", start, ckpt.directory)
         dirs = run_dirs(workdir, runs)
-        writers = [MetricsWriter(d / "metrics.jsonl", resume_from=start) for d in dirs]
+        if distributed.is_main_process():  # the other processes of a multi-host run write none
+            writers = [MetricsWriter(d / "metrics.jsonl", resume_from=start) for d in dirs]
         states = _train(
             recipe,
             states,
@@ -155,8 +169,26 @@ def fit(
             w.close()
         if ckpt is not None:
             ckpt.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
     return states
+
+
+def _check_resumable(ckpt: Checkpointer, iterations: int) -> None:
+    """Refuse a resume with no committed checkpoint, or one past ``iterations``."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        tmp = ckpt.incomplete_saves()
+        raise CheckpointError(
+            f"--resume: no usable checkpoint in {ckpt.directory}"
+            + (f" (only incomplete saves {tmp})" if tmp else "")
+            + "; drop --resume to start a new run"
+        )
+    if latest > iterations:
+        raise CheckpointError(
+            f"{ckpt.directory} is at iteration {latest}, past the requested "
+            f"{iterations}; ask for more iterations"
+        )
 
 
 def _train(
@@ -171,8 +203,8 @@ def _train(
         if n not in compiled:
             compiled[n] = engine.make_chunk(recipe, n, len(runs), sharding)
         states, metrics = compiled[n](states, shared, run_consts)
-        metrics = jax.device_get(metrics)
-        for r, writer in enumerate(writers):
+        metrics = distributed.host_value(metrics)  # every process checks for divergence
+        for r in range(len(runs)):
             for j in range(n):
                 record = {"iteration": i + 1 + j}
                 record.update({k: np.asarray(v)[r, j].item() for k, v in metrics.items()})
@@ -181,8 +213,10 @@ def _train(
                         f"run {runs[r].name}: loss became {record['loss']} at iteration "
                         f"{record['iteration']}"
                     )
-                writer.write(record)
-            writer.flush()
+                if writers:
+                    writers[r].write(record)
+            if writers:
+                writers[r].flush()
         i = end
         progress.update(i, {k: float(np.mean(np.asarray(v)[:, -1])) for k, v in metrics.items()})
         if i % every == 0 or i == total:

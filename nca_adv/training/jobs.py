@@ -9,6 +9,7 @@ trained in one program. Each run's result is written to its folder (``params.npz
 from __future__ import annotations
 
 import itertools
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,9 +20,9 @@ import numpy as np
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.io import data, targets
-from nca_adv.models import growing, mnist
-from nca_adv.training import engine, trainers
-from nca_adv.training.fit import Run, fit, run_dirs
+from nca_adv.models import architecture, growing, mnist
+from nca_adv.training import distributed, engine, trainers
+from nca_adv.training.fit import Run, fit, placement, run_dirs
 
 GROW_STEPS = 200  # the adversary and perturbation pools start from the lizard grown this long
 
@@ -52,10 +53,10 @@ def _names(*axes: tuple[str, Sequence]) -> list[tuple[str, tuple]]:
     return named
 
 
-def _save_model(kind: str) -> Callable[[Any, Path], Path]:
+def _save_model(kind: str, model=None) -> Callable[[Any, Path], Path]:
     def save(params, folder: Path) -> Path:
         path = folder / "params.npz"
-        io.save_params(path, jax.device_get(params), kind)
+        io.save_params(path, jax.device_get(params), kind, model)
         return path
 
     return save
@@ -76,18 +77,24 @@ def growing_job(
     target_specs: Sequence[str],
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
-    padding: int = targets.TARGET_PADDING,
+    padding: int,
+    model: architecture.GrowingCA | None = None,
 ) -> Job:
-    """The base Growing CA, one run per (target, seed)."""
+    """The base Growing CA, one run per (target, seed); ``model`` the architecture
+    (default: the article's with the config's fire rate)."""
     loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t]})
         for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
     ]
-    shared = {"seed": growing.seed_state(h, w)}
+    recipe = trainers.growing_recipe(config, model)
+    model = model or architecture.GrowingCA(fire_rate=config.fire_rate)
+    shared = {"seed": model.seed(h, w)}
     cfg = {"trainer": "growing", "targets": list(target_specs), "seeds": list(seeds)}
     cfg.update(config._asdict(), padding=padding)
-    return Job(trainers.growing_recipe(config), shared, runs, cfg, _save_model("growing"))
+    if model != architecture.GrowingCA(fire_rate=config.fire_rate):
+        cfg["architecture"] = architecture.to_dict(model)  # recorded only when not the default
+    return Job(recipe, shared, runs, cfg, _save_model("growing", model))
 
 
 def _load_targets(specs: Sequence[str], padding: int) -> tuple[dict[str, np.ndarray], tuple]:
@@ -112,7 +119,7 @@ def growing_adversary_job(
     fractions: Sequence[float],
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
-    padding: int = 32,
+    padding: int,
     adversary_init: str = "fresh",
 ) -> Job:
     """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
@@ -139,7 +146,7 @@ def perturbation_job(
     target_specs: Sequence[str],
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
-    padding: int = 32,
+    padding: int,
 ) -> Job:
     """Global state perturbations of the Growing CA ``base``, one run per (target, seed)."""
     base_params = io.load_model(base, "growing")
@@ -213,9 +220,89 @@ def mnist_adversary_job(
     return Job(recipe, shared, runs, cfg, _save_model("mnist"))
 
 
+def _save_hardened(params, folder: Path) -> Path:
+    """The hardened base as ``params.npz`` and its training adversary as ``adversary.npz``."""
+    path = folder / "params.npz"
+    params = jax.device_get(params)
+    io.save_params(path, params["base"], "mnist")
+    io.save_params(folder / "adversary.npz", params["adversary"], "mnist")
+    return path
+
+
+def mnist_hardened_job(
+    base: str,
+    adversary: str,
+    mnist_dir: str | None,
+    seeds: Sequence[int],
+    config: mnist.MnistTrainConfig,
+    step_form: str = "auto",
+    *,
+    max_fraction: float = 0.15,
+    clean_share: float = 0.25,
+    adversary_lr: float = 1e-3,
+    splits: data.MnistSplits | None = None,
+) -> Job:
+    """A hardened MNIST CA (:func:`nca_adv.training.trainers.mnist_hardened_recipe`): the
+    base ``base`` and the adversary ``adversary`` (its starting points) trained against
+    each other; the result is the base (``params.npz``) and the adversary (``adversary.npz``)."""
+    _check_fraction(max_fraction)
+    if not 0.0 <= clean_share <= 1.0:
+        raise ValueError(f"clean share must lie in [0, 1], got {clean_share}")
+    base_params = io.load_model(base, "mnist")
+    adversary_params = io.load_model(adversary, "mnist")
+    splits = splits or data.load_mnist(mnist_dir)
+    cells = mnist_cells(splits.train_images, step_form)
+    shared = trainers.mnist_shared(
+        splits.train_images, splits.train_labels, base=base_params, adversary=adversary_params
+    )
+    runs = [Run(name, seed, {}) for name, (seed,) in _names(("seed", seeds))]
+    cfg = {"trainer": "mnist_hardened", "base": base, "adversary": adversary}
+    cfg.update(seeds=list(seeds), cells=cells, max_fraction=max_fraction)
+    cfg.update(clean_share=clean_share, adversary_lr=adversary_lr, **config._asdict())
+    recipe = trainers.mnist_hardened_recipe(
+        config,
+        cells,
+        max_fraction=max_fraction,
+        clean_share=clean_share,
+        adversary_lr=adversary_lr,
+    )
+    return Job(recipe, shared, runs, cfg, _save_hardened)
+
+
 def _check_fraction(p: float) -> None:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"adversary fraction must lie in [0, 1], got {p}")
+
+
+def _save_once(save: Callable[[Any, Path], Path], params: Any, folder: Path) -> Path:
+    """``save(params, folder)`` on process 0; the other processes of a multi-host run save
+    into a scratch folder only to learn the result's file name."""
+    if distributed.is_main_process():
+        return save(params, folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        return folder / save(params, Path(scratch)).relative_to(scratch)
+
+
+class TrainResult(NamedTuple):
+    """An in-memory training's result: per run name its params and its metrics
+    (``loss``: (iterations,) array, and the recipe's other metrics)."""
+
+    params: dict[str, Any]
+    metrics: dict[str, dict[str, np.ndarray]]
+
+
+def train_job(job: Job, iterations: int, mesh=None) -> TrainResult:
+    """Train ``job`` in memory (:func:`nca_adv.training.engine.train`): no workdir, no
+    files; the same numbers as :func:`run_job` for the same job."""
+    _, batch_sharding = placement(mesh, len(job.runs), job.recipe.batch_size)
+    keys = np.stack([jax.random.PRNGKey(r.seed) for r in job.runs])
+    consts = engine.stack_runs([r.consts for r in job.runs])
+    states, metrics = engine.train(job.recipe, keys, job.shared, consts, iterations, batch_sharding)
+    params, out = {}, {}
+    for i, run in enumerate(job.runs):
+        params[run.name] = jax.device_get(engine.run_slice(states["params"], i))
+        out[run.name] = {k: np.asarray(v[i]) for k, v in metrics.items()}
+    return TrainResult(params, out)
 
 
 def run_job(
@@ -244,9 +331,14 @@ def run_job(
     )
     from nca_adv.training.runtime import read_metrics
 
+    params = distributed.host_value(states["params"])  # a collective in a multi-host run
+    paths = [
+        _save_once(job.save, engine.run_slice(params, r), folder)
+        for r, folder in enumerate(run_dirs(workdir, job.runs))
+    ]
+    distributed.barrier("results saved")  # process 0's results and metrics are complete
     summary = {}
-    for r, (run, folder) in enumerate(zip(job.runs, run_dirs(workdir, job.runs))):
-        path = job.save(engine.run_slice(states["params"], r), folder)
+    for run, folder, path in zip(job.runs, run_dirs(workdir, job.runs), paths):
         last = read_metrics(folder / "metrics.jsonl")[-1]
         summary[run.name] = {"dir": str(folder), "result": str(path), "final_loss": last["loss"]}
     return summary

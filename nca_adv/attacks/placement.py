@@ -1,0 +1,433 @@
+"""Target-set selection: which k cells should the adversary take? (issue 15, part 1)
+
+The article places its adversaries at random. Here the placement is optimised:
+
+1. Relax the 0/1 mask to m in [0, 1] (:func:`relaxed_adversaries`:
+   ``x' = m * adv(x, k) + (1 - m) * base(x, k)``, the same key for both, as
+   :func:`adversaries.with_adversaries`) and optimise m by gradient through the rollout
+   (Adam), projecting after each update onto the budget set
+   ``{0 <= m <= 1, sum m = k, m = 0 off the eligible cells}`` (:func:`project_budget`).
+2. Take the top k of m as the discrete placement (:func:`top_k_mask`).
+3. Refine it greedily with the ordinary discrete mixed step (:func:`greedy_swaps`): swap
+   one chosen cell for an unchosen one, keep the swap when the loss falls.
+
+Everything works on a leading axis of independent problems (B,) (digits, or one lizard),
+each with its own eligible cells (B, H, W, 1) and the same budget k. The losses are means
+over *optimisation* keys; results are measured on *held-out* keys (:func:`split_keys`,
+:func:`check_held_out`): the CA is stochastic, and a placement that only works for the
+noise it was tuned on is not a result. The MNIST and growing objectives are at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nca_adv.attacks import adversaries
+from nca_adv.errors import UserError
+from nca_adv.models import growing, mnist
+from nca_adv.models.rollout import scan_steps
+
+Step = Callable[[jax.Array, jax.Array], jax.Array]
+# masks: (B, H, W, 1) float -> per-problem loss (B,), a mean over the optimisation keys
+Objective = Callable[[jax.Array], jax.Array]
+
+
+# ----------------------------------------------------------------------------- budget, keys
+def budget_cells(budget, share_of: int, eligible: int | None = None) -> int:
+    """The budget as a cell count k.
+
+    ``budget`` >= 1 is a whole number of cells; 0 < ``budget`` < 1 is a share of
+    ``share_of`` cells (MNIST: the 784 cells of the grid, as the article's masks; growing:
+    the eligible cells of the mutated target), rounded, at least 1. UserError (one line)
+    for 0, negative, non-finite or fractional counts, and for k above ``share_of`` or the
+    fewest ``eligible`` cells of any problem.
+    """
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise UserError(f"budget must be a number, got {budget!r}") from None
+    if not math.isfinite(b) or b <= 0:
+        raise UserError(f"budget must be > 0 (cells, or a share in (0, 1)), got {budget!r}")
+    if b < 1:
+        k = max(1, round(b * share_of))
+    elif b != int(b):
+        raise UserError(f"a budget >= 1 counts cells and must be a whole number, got {budget!r}")
+    else:
+        k = int(b)
+    if k > share_of:
+        raise UserError(f"budget of {k} cells is more than the grid's {share_of} cells")
+    if eligible is not None and k > eligible:
+        raise UserError(f"budget of {k} cells is more than the {eligible} eligible cells")
+    return k
+
+
+def split_keys(key: jax.Array, n_opt: int, n_eval: int) -> tuple[jax.Array, jax.Array]:
+    """Disjoint optimisation and held-out keys: ``split(key, n_opt + n_eval)`` cut in two."""
+    if n_opt < 1 or n_eval < 1:
+        raise UserError(f"need >= 1 optimisation and held-out keys, got {n_opt}, {n_eval}")
+    keys = jax.random.split(key, n_opt + n_eval)
+    return keys[:n_opt], keys[n_opt:]
+
+
+def check_held_out(opt_keys: jax.Array, eval_keys: jax.Array) -> None:
+    """ValueError if a held-out key is also an optimisation key (compared by key data)."""
+    a = np.asarray(jax.random.key_data(opt_keys)).reshape(len(opt_keys), -1)
+    b = np.asarray(jax.random.key_data(eval_keys)).reshape(len(eval_keys), -1)
+    shared = (a[:, None, :] == b[None, :, :]).all(-1)
+    if shared.any():
+        raise ValueError(f"{int(shared.sum())} held-out key(s) are also optimisation keys")
+
+
+# ----------------------------------------------------------------------------- relaxed step
+def relaxed_adversaries(adv_step: Step, m: jax.Array) -> Callable[[Step], Step]:
+    """The relaxed attack as a transform ``Step -> Step``: ``m * adv(x, k) + (1 - m) *
+    base(x, k)`` with ``m`` (..., H, W, 1) in [0, 1], both from the same state and key.
+
+    At m in {0, 1} this is :func:`adversaries.with_adversaries` exactly for finite states
+    (``1 * a + 0 * b == a``); in between, the gradient with respect to m says how much the
+    loss would change if the cell were more adversary. The arithmetic form (not
+    ``b + m (a - b)``) keeps m = 1 exact.
+    """
+    m = jnp.asarray(m)
+    if m.ndim < 3 or m.shape[-1] != 1:
+        raise ValueError(f"relaxed mask must have shape (..., H, W, 1), got {m.shape}")
+
+    def transform(base_step: Step) -> Step:
+        def step(x, key):
+            return m * adv_step(x, key) + (1 - m) * base_step(x, key)
+
+        return step
+
+    return transform
+
+
+# ----------------------------------------------------------------------------- masks
+def project_budget(v: jax.Array, eligible: jax.Array, k, iters: int = 50) -> jax.Array:
+    """Euclidean projection of ``v`` (B, H, W, 1) onto ``{0 <= m <= 1, sum m = k, m = 0 off
+    eligible}`` per problem: ``m = clip(v - tau, 0, 1)`` on the eligible cells, tau found by
+    bisection (sum is monotone in tau). Needs k <= the eligible count."""
+    chex.assert_equal_shape([v, eligible])
+    on = eligible > 0
+    axes = tuple(range(1, v.ndim))
+    big = jnp.where(on, v, -jnp.inf).max(axes, keepdims=True)
+    small = jnp.where(on, v, jnp.inf).min(axes, keepdims=True)
+    lo, hi = small - 1.0, big  # sum at lo: all eligible (>= k); at hi: 0 (<= k)
+
+    def total(tau):
+        return jnp.where(on, jnp.clip(v - tau, 0.0, 1.0), 0.0).sum(axes, keepdims=True)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        above = total(mid) > k
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    return jnp.where(on, jnp.clip(v - (lo + hi) / 2, 0.0, 1.0), 0.0)
+
+
+def top_k_mask(scores: jax.Array, eligible: jax.Array, k: int) -> jax.Array:
+    """(B, H, W, 1) 0/1 masks: the ``k`` eligible cells of highest score per problem (ties:
+    the first in row-major order)."""
+    chex.assert_equal_shape([scores, eligible])
+    b = scores.shape[0]
+    flat = jnp.where(eligible > 0, scores, -jnp.inf).reshape(b, -1)
+    _, idx = jax.lax.top_k(flat, k)
+    chosen = jnp.zeros_like(flat).at[jnp.arange(b)[:, None], idx].set(1.0)
+    return chosen.reshape(scores.shape) * (eligible > 0)
+
+
+def uniform_start(eligible: jax.Array, k: int) -> jax.Array:
+    """The relaxation's starting point: k spread evenly over each problem's eligible cells."""
+    on = (eligible > 0).astype(jnp.float32)
+    return on * (k / on.sum(axis=(1, 2, 3), keepdims=True))
+
+
+def random_masks(key: jax.Array, eligible: jax.Array, k: int) -> jax.Array:
+    """(B, H, W, 1) masks of exactly ``k`` eligible cells drawn uniformly per problem."""
+    scores = jax.random.uniform(key, eligible.shape)
+    return top_k_mask(scores, eligible, k)
+
+
+# ----------------------------------------------------------------------------- optimisers
+class Relaxation(NamedTuple):
+    """The relaxed solution (B, H, W, 1) and the loss (iterations, B) before each update."""
+
+    m: jax.Array
+    losses: jax.Array
+
+
+def optimise_relaxed(
+    objective: Objective,
+    eligible: jax.Array,
+    k: int,
+    iterations: int,
+    lr: float = 0.05,
+    m0: jax.Array | None = None,
+) -> Relaxation:
+    """Projected Adam on the relaxed masks: ``iterations`` gradient steps on
+    ``objective(m).sum()`` (problems are independent, so each gets its own gradient), each
+    followed by :func:`project_budget`. Deterministic (no randomness of its own)."""
+    m = project_budget(uniform_start(eligible, k) if m0 is None else m0, eligible, k)
+    opt = optax.adam(lr)
+
+    @jax.jit
+    def step(m, state):
+        def total(m):
+            losses = objective(m)
+            return losses.sum(), losses
+
+        (_, losses), g = jax.value_and_grad(total, has_aux=True)(m)
+        upd, state = opt.update(g, state, m)
+        return project_budget(optax.apply_updates(m, upd), eligible, k), state, losses
+
+    state = opt.init(m)
+    history = []
+    for _ in range(iterations):
+        m, state, losses = step(m, state)
+        history.append(losses)
+    return Relaxation(m, jnp.stack(history))
+
+
+class Refinement(NamedTuple):
+    """The refined 0/1 masks (B, H, W, 1), their loss (B,), swaps kept per problem (B,)."""
+
+    masks: jax.Array
+    loss: jax.Array
+    kept: jax.Array
+
+
+def propose_swaps(
+    key: jax.Array, masks: jax.Array, eligible: jax.Array, preference: jax.Array
+) -> jax.Array:
+    """One swap per problem: a chosen cell (uniform) out, an unchosen eligible cell in,
+    drawn with probability proportional to ``preference`` + 1e-3 (the relaxed m: cells the
+    relaxation liked are tried first, every eligible cell stays possible)."""
+    b = masks.shape[0]
+    k_out, k_in = jax.random.split(key)
+    chosen = masks.reshape(b, -1) > 0
+    free = (eligible.reshape(b, -1) > 0) & ~chosen
+    logits_out = jnp.where(chosen, 0.0, -jnp.inf)
+    logits_in = jnp.where(free, jnp.log(preference.reshape(b, -1) + 1e-3), -jnp.inf)
+    out = jax.random.categorical(k_out, logits_out, axis=-1)
+    inn = jax.random.categorical(k_in, logits_in, axis=-1)
+    rows = jnp.arange(b)
+    flat = masks.reshape(b, -1).at[rows, out].set(0.0)
+    # no free cell (k = eligible count): categorical of all -inf; keep the mask as it was
+    swapped = flat.at[rows, inn].set(1.0).reshape(masks.shape)
+    return jnp.where(free.any(-1)[:, None, None, None], swapped, masks)
+
+
+def greedy_swaps(
+    objective: Objective,
+    masks: jax.Array,
+    eligible: jax.Array,
+    key: jax.Array,
+    rounds: int,
+    preference: jax.Array | None = None,
+) -> Refinement:
+    """``rounds`` rounds of swap moves with the discrete mixed step: each round proposes one
+    swap per problem (:func:`propose_swaps`, round r from ``fold_in(key, r)``) and keeps it
+    where ``objective`` (the mean loss over the optimisation keys) falls. The budget and
+    the eligible set are preserved by construction."""
+    preference = jnp.zeros_like(masks) if preference is None else preference
+    objective = jax.jit(objective)
+    loss = objective(masks)
+    kept = jnp.zeros(masks.shape[0], jnp.int32)
+    for r in range(rounds):
+        trial = propose_swaps(jax.random.fold_in(key, r), masks, eligible, preference)
+        trial_loss = objective(trial)
+        better = trial_loss < loss
+        masks = jnp.where(better[:, None, None, None], trial, masks)
+        loss = jnp.where(better, trial_loss, loss)
+        kept = kept + better
+    return Refinement(masks, loss, kept)
+
+
+# ----------------------------------------------------------------------------- MNIST
+def mnist_eligible(images: jax.Array) -> jax.Array:
+    """(B, H, W, 1) the digits' alive cells: adversaries elsewhere never update (a dead cell
+    is never written), so they are the only cells worth taking."""
+    return (jnp.asarray(images) > mnist.ALIVE_THRESHOLD)[..., None].astype(jnp.float32)
+
+
+def mnist_mixed_digit_step(
+    base: dict,
+    adv: dict,
+    x: jax.Array,
+    slots: DigitCells,
+    key: jax.Array,
+    m: jax.Array,
+    adv_slots: jax.Array | None = None,
+) -> jax.Array:
+    """One mixed step of one digit (H, W, 20) on its alive cells, for placements.
+
+    The MNIST CA's step (:func:`mnist.mnist_step_cells`' maths: 3x3 patches, MLP, N(0,
+    0.02) noise, fire U <= 0.5, alive cells only) with two changes that make placement
+    search affordable: the random numbers are drawn for the K cell slots only (not the
+    whole grid: the same distribution, ~5x fewer numbers, shared by both models as in
+    :func:`adversaries.with_adversaries`), and the update mixes the two models per cell:
+    ``m * dx_adv + (1 - m) * dx_base`` with ``m`` (K, 1) per slot (relaxed; at m in {0, 1}
+    exactly one model's update), or, given ``adv_slots`` (A,), the adversary runs on
+    those slots only (where their m > 0): the discrete step at A/K of the adversary's cost.
+    """
+    h, w, c = x.shape
+    n = slots.cells.shape[0]
+    padded = jnp.pad(x, ((1, 1), (1, 1), (0, 0))).reshape(-1, c)
+    patches = padded[slots.neighbours].reshape(n, 9 * c)
+    k_fire, k_noise = jax.random.split(key)
+    fire = jax.random.uniform(k_fire, (n, 1)) <= mnist.FIRE_RATE
+    noise = mnist.NOISE_STD * jax.random.normal(k_noise, (n, c - 1))
+    dx = mnist.UPDATE.apply({"params": base}, patches) + noise
+    if adv_slots is None:
+        dx_adv = mnist.UPDATE.apply({"params": adv}, patches) + noise
+        dx = m * dx_adv + (1 - m) * dx
+    else:
+        dx_adv = mnist.UPDATE.apply({"params": adv}, patches[adv_slots]) + noise[adv_slots]
+        dx = dx.at[adv_slots].set(jnp.where(m[adv_slots] > 0, dx_adv, dx[adv_slots]))
+    dx = dx * (fire & slots.valid)
+    delta = jnp.zeros((h * w, c - 1), x.dtype).at[slots.cells].add(dx)
+    return x.at[..., 1:].add(delta.reshape(h, w, c - 1))
+
+
+class DigitCells(NamedTuple):
+    """One digit's alive cells padded to K slots: flat cell ids (K,), 3x3 neighbourhoods in
+    the zero-padded grid (K, 9), which slots are real (K, 1) (:func:`mnist.cell_index`)."""
+
+    cells: jax.Array
+    neighbours: jax.Array
+    valid: jax.Array
+
+
+def digit_cells(image: jax.Array, k: int) -> DigitCells:
+    index = mnist.cell_index(image[None], k)
+    return DigitCells(index.cells[0], index.neighbours[0], index.valid[0])
+
+
+def _mnist_final(base, adv, image, mask, key, steps, k, adv_cells, remat):
+    """One digit (H, W) under its mask (H, W, 1) from the seed: the state after ``steps``
+    mixed steps (:func:`mnist_mixed_digit_step`; step i draws ``fold_in(key, i)``). With
+    ``adv_cells`` (static) the discrete sparse step with that many adversary slots, else
+    the relaxed step."""
+    slots = digit_cells(image, k)
+    m = mask.reshape(-1)[slots.cells][:, None]
+    adv_slots = None if adv_cells is None else jax.lax.top_k(m[:, 0], adv_cells)[1]
+
+    def step(x, key):
+        return mnist_mixed_digit_step(base, adv, x, slots, key, m, adv_slots)
+
+    return scan_steps(step, mnist.seed_states(image), key, steps, remat=remat)
+
+
+def mnist_target_loss(x: jax.Array, image: jax.Array, target: int) -> jax.Array:
+    """Per digit: mean over its alive cells of the L2 of the class scores to one-hot
+    ``target`` (the loss the adversaries were trained on, per cell)."""
+    y = mnist.label_maps(image, jnp.asarray(target))
+    live = jnp.maximum((image > mnist.ALIVE_THRESHOLD).sum((-2, -1)), 1)
+    return mnist.l2_loss(x, y) / live
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "k", "adv_cells", "remat", "target"))
+def mnist_rollouts(
+    base, adv, images, masks, keys, ids, steps: int, k: int, adv_cells=None, remat=False, target=8
+):
+    """Digits (B, H, W) under masks (B, H, W, 1), each run with every key of ``keys``
+    (R,): (R, B) loss to ``target`` (:func:`mnist_target_loss`) and (R, B, 10) vote counts
+    at the last step. Digit b with key r draws ``fold_in(fold_in(keys[r], ids[b]), i)`` at
+    step i: its result depends on its own mask, key and id, and on K (``k``, the slots per
+    digit, fixed for a whole study). ``adv_cells`` (static): the discrete step with at most
+    that many adversary cells on a digit's alive cells; None: the relaxed step."""
+
+    def one(key, image, mask, d):
+        x = _mnist_final(
+            base, adv, image, mask, jax.random.fold_in(key, d), steps, k, adv_cells, remat
+        )
+        loss = mnist_target_loss(x, image, target)
+        return loss, jnp.sum(
+            jax.nn.one_hot(mnist.votes(x), mnist.NUM_CLASSES, dtype=jnp.int32) * mnist.alive(x),
+            axis=(0, 1),
+        )
+
+    return jax.vmap(lambda key: jax.vmap(one, (None, 0, 0, 0))(key, images, masks, ids))(keys)
+
+
+def mnist_objective(base, adv, images, ids, keys, steps: int, k: int, adv_cells, target=8):
+    """Objective for the optimisers: masks -> (B,) mean loss over ``keys``; ``adv_cells``
+    None: relaxed (rematerialised, for gradients), else the discrete sparse step."""
+
+    def objective(masks):
+        losses, _ = mnist_rollouts(
+            base, adv, images, masks, keys, ids, steps, k, adv_cells, adv_cells is None, target
+        )
+        return losses.mean(0)
+
+    return objective
+
+
+def vote_metrics(counts: np.ndarray, target: int = adversaries.MNIST_TARGET) -> dict:
+    """(..., B, 10) vote counts -> share of alive cells voting ``target`` (pooled) and the
+    share of (digit, run) pairs whose majority votes ``target``."""
+    c = np.asarray(counts).reshape(-1, mnist.NUM_CLASSES)
+    return {
+        "cells_voting_target": float(c[:, target].sum() / max(c.sum(), 1)),
+        "digits_hijacked": float(np.mean(c.argmax(-1) == target)),
+    }
+
+
+# ----------------------------------------------------------------------------- growing
+def growing_eligible(target: jax.Array) -> jax.Array:
+    """(1, H, W, 1): the article's rule for growing adversaries, alpha >= 0.1 of the mutated
+    target (no adversary where the tail was erased)."""
+    alpha = adversaries.target_alpha(target)
+    return (alpha >= adversaries.TARGET_ALPHA)[None, ..., None].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="grow_first")
+def grow_lizards(base, h: int, w: int, keys: jax.Array, grow_first: int) -> jax.Array:
+    """(R, H, W, 16) lizards grown by the base for ``grow_first`` steps, run r from the
+    grow key of ``keys[r]`` exactly as :func:`adversary_eval.growing_attack`'s run r."""
+    x0 = growing.seed_state(h, w)
+
+    def one(key):
+        k_grow = jax.random.split(key, 3)[0]
+        return scan_steps(lambda x, k: growing.growing_step(base, x, k), x0, k_grow, grow_first)
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "relaxed", "remat"))
+def growing_losses(base, adv, grown, masks, keys, target, steps: int, relaxed=False, remat=False):
+    """(R, B) RGBA MSE to ``target`` after ``steps`` mixed steps from the grown lizards
+    ``grown`` (R, H, W, 16) under masks (B, H, W, 1); run r uses the run key of
+    ``keys[r]`` as :func:`adversary_eval.growing_attack` (its mask key is not used: the
+    mask is the placement)."""
+
+    def one(x, key, mask):
+        k_run = jax.random.split(key, 3)[2]
+        transform = relaxed_adversaries if relaxed else adversaries.with_adversaries
+        step = transform(lambda x, k: growing.growing_step(adv, x, k), mask)(
+            lambda x, k: growing.growing_step(base, x, k)
+        )
+        return growing.growing_loss(scan_steps(step, x, k_run, steps, remat=remat), target)
+
+    return jax.vmap(lambda x, key: jax.vmap(lambda m: one(x, key, m))(masks))(grown, keys)
+
+
+def growing_objective(base, adv, grown, keys, target, steps: int, relaxed: bool):
+    """Objective for the optimisers: masks (B, H, W, 1) -> (B,) mean loss over the runs."""
+
+    def objective(masks):
+        return growing_losses(base, adv, grown, masks, keys, target, steps, relaxed, relaxed).mean(
+            0
+        )
+
+    return objective
