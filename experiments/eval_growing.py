@@ -27,7 +27,7 @@ from experiments.cli import check_memory
 from experiments.common import check_output_file, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries, perturbation
-from nca_adv.evaluation import adversary_eval, perturbation_eval
+from nca_adv.evaluation import adversary_eval, guards, perturbation_eval
 from nca_adv.io import targets
 from nca_adv.media import adversary_pictures, video
 from nca_adv.models import growing, masks
@@ -224,6 +224,10 @@ def _adversary_result(params, target, original) -> dict:
         "alive_cells_per_run": np.asarray(masks.alive_mask(final)).sum(axis=(1, 2, 3)).tolist(),
         "finite": bool(np.isfinite(final).all()),
     }
+    # An adversary trained against another base can blow the state up: say so, and when.
+    div = guards.divergence(final, np.asarray(run.peaks))
+    guards.warn(div, "the attacked rollout")
+    result.update(diverged=div["diverged"], diverged_at_step=div["first_step"])
     if original is not None:
         loss_o = np.asarray(growing.growing_loss(final, original))
         result.update(loss_original=float(loss_o.mean()), loss_original_per_run=loss_o.tolist())

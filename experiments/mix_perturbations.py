@@ -115,5 +115,8 @@ def main(argv):
     print_result(result)
 
 
+POSITIONAL_ARGS = True  # the mix's terms
+
+
 if __name__ == "__main__":
-    cli.run(main, positional_args=True)
+    cli.run(main, positional_args=POSITIONAL_ARGS)

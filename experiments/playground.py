@@ -12,11 +12,14 @@ Models are shipped names, .npz, training workdirs or the authors' TF.js files, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from absl import flags, logging
 
+from experiments import cli
 from experiments.common import run
+from nca_adv.errors import UserError
 from nca_adv.playground import models, server, sessions
 
 FLAGS = flags.FLAGS
@@ -51,17 +54,30 @@ flags.DEFINE_string(
 flags.DEFINE_bool("warmup", True, "Compile the CA programs before serving.")
 
 
+@contextlib.contextmanager
+def naming(flag_names: str):
+    """Start-up errors of a group of flags name the group (the message names the file)."""
+    try:
+        yield
+    except (ValueError, KeyError, OSError) as e:
+        if not cli.is_expected(e):
+            raise
+        raise UserError(f"{flag_names}: {cli.message(e)}") from e
+
+
 def main(argv):
     del argv
     server.log_host_warning(FLAGS.host)
     sock = server.bind(FLAGS.host, FLAGS.port)  # a taken port fails before any loading
     start = time.perf_counter()
-    mnist_models = models.load_mnist_models(
-        FLAGS.mnist_model, FLAGS.mnist_adversary or None, FLAGS.mnist_dir
-    )
-    lizard_models = models.load_lizard_models(
-        FLAGS.lizard_model, FLAGS.growing_adversary, FLAGS.perturbations
-    )
+    with naming("--mnist_model/--mnist_adversary/--mnist_dir"):
+        mnist_models = models.load_mnist_models(
+            FLAGS.mnist_model, FLAGS.mnist_adversary or None, FLAGS.mnist_dir
+        )
+    with naming("--lizard_model/--growing_adversary/--perturbations"):
+        lizard_models = models.load_lizard_models(
+            FLAGS.lizard_model, FLAGS.growing_adversary, FLAGS.perturbations
+        )
     logging.info(
         "models loaded in %.1f s; growing adversaries: %s",
         time.perf_counter() - start,

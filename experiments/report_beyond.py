@@ -6,6 +6,9 @@
 launch and command that made each file are named in the report and in BUILD_NOTES.md), so
 the section costs about a second of the main job.
 
+- :func:`placement_part`: where to place adversaries (target-set selection,
+  :mod:`nca_adv.attacks.placement`), from ``placement_*.json`` / ``.npz`` made by
+  ``experiments.place_adversaries``.
 - :func:`hardened_part`: a hardened MNIST CA (the base trained against its own adversary,
   in the manner of a GAN) and which attacks transfer between CAs.
 """
@@ -112,8 +115,170 @@ def _transfer(rep: report.HtmlReport, transfer: dict) -> dict:
     return {f"transfer_{k}": v["cells_voting_target"] for k, v in pairs.items()}
 
 
+# ----------------------------------------------------------------------------- placement
+# experiments.place_adversaries --out_dir=...: its JSON (and masks .npz, lizard .png), renamed
+PLACEMENT_MNIST = {"shipped": "placement_mnist_shipped", "authors'": "placement_mnist_authors"}
+PLACEMENT_GROWING = {
+    "authors'": "placement_growing_authors",
+    "shipped": "placement_growing_shipped",
+}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def placement_part(rep: report.HtmlReport, out: Path, ref, key: jax.Array) -> dict:
+    """Optimised against random placements of k adversary cells, from the shipped files."""
+    del ref, key
+    rep.heading("Where to place adversaries: the best k cells", level=3)
+    mnist_runs = {n: r for n, f in PLACEMENT_MNIST.items() if (r := _read(f + ".json"))}
+    growing_runs = {n: r for n, f in PLACEMENT_GROWING.items() if (r := _read(f + ".json"))}
+    if not mnist_runs and not growing_runs:
+        rep.text(f"(No precomputed placements in {RESULTS}: nothing to show.)")
+        return {}
+    rep.text(
+        "The article places its adversaries at random. Here the placement is optimised "
+        "(nca_adv.attacks.placement): the 0/1 mask is relaxed to m in [0, 1] in the mixed step "
+        "(m * adversary + (1 - m) * base, the same key), m follows the gradient of the attack's "
+        "loss through the rollout under the budget (projected onto sum m = k, 0 <= m <= 1, "
+        "eligible cells only), the top k become the placement, and greedy swaps with the "
+        "ordinary discrete step keep what lowers the loss. Optimised on some PRNG keys of the "
+        "CA, measured on other, held-out keys. Precomputed by experiments.place_adversaries "
+        "(commands in BUILD_NOTES.md; files in nca_adv/assets/results/); nothing is computed here."
+    )
+    result: dict = {}
+    if mnist_runs:
+        result.update(_placement_mnist(rep, out, mnist_runs))
+    if growing_runs:
+        result.update(_placement_growing(rep, out, growing_runs))
+    return result
+
+
+def _placement_mnist(rep, out: Path, runs: dict) -> dict:
+    first = next(iter(runs.values()))
+    rep.text(
+        f"MNIST: per-digit placements on the first {first['num_digits']} test digits that are "
+        f"not 8, cells voting 8 (digits whose majority votes 8) at step {first['steps']}, "
+        f"optimised placements on {first['eval_keys']} held-out keys per digit against "
+        f"{first['random_draws']} random placements of the same budget (k of the digit's alive "
+        "cells; for 1 % also the article's mask, uniform < 0.01 over the whole grid, most of "
+        "whose cells fall off the digit). Adversaries off the digit never act, so the eligible "
+        "cells are the digit's alive cells."
+    )
+    rows, result = [], {}
+    for name, r in runs.items():
+        for b in r["by_budget"]:
+            budget = f"{b['budget']:.0%} of the grid" if b["budget"] < 1 else f"{b['cells']}"
+            art = b.get("random_live_cells_voting_target") is not None
+            live = "random_live_" if art else "random_"
+            rows.append(
+                [
+                    f"{name} base + adversary",
+                    budget,
+                    b["cells"],
+                    f"{_pct(b['cells_voting_target'])} ({_pct(b['digits_hijacked'])})",
+                    f"{_pct(b[live + 'cells_voting_target'])} ({_pct(b[live + 'digits_hijacked'])})",
+                    f"{_pct(b['random_cells_voting_target'])} ({_pct(b['random_digits_hijacked'])})"
+                    if art
+                    else "",
+                ]
+            )
+            tag = f"placement_{name.rstrip(chr(39))}_{b['cells']}"
+            result[f"{tag}_cells_voting_target"] = b["cells_voting_target"]
+            result[f"{tag}_random_cells_voting_target"] = b["random_cells_voting_target"]
+        fewest = r.get("fewest_cells_hijacking_half_the_digits")
+        result[f"placement_{name.rstrip(chr(39))}_fewest_cells_half_the_digits"] = fewest
+    rep.table(
+        [
+            "CA pair",
+            "budget",
+            "cells",
+            "optimised: cells voting 8 (digits)",
+            "random k live cells",
+            "random, article's mask",
+        ],
+        rows,
+    )
+    rep.text(
+        "Fewest cells (of the budgets tried) whose optimised placements hijack the majority of "
+        "at least half the digits: "
+        + "; ".join(
+            f"{n}: {r.get('fewest_cells_hijacking_half_the_digits') or 'none of the budgets'}"
+            for n, r in runs.items()
+        )
+        + "."
+    )
+    for name in runs:
+        picture = _placement_digits_picture(out, name, PLACEMENT_MNIST[name] + ".npz")
+        if picture is not None:
+            rep.image(
+                picture,
+                f"{name} pair: where the optimised cells sit (magenta) on the first digits, one "
+                "row per budget (cells); the article's random 1 % puts about 1.5 on a digit.",
+            )
+    return result
+
+
+def _placement_digits_picture(out: Path, name: str, npz: str, n: int = 12, zoom: int = 5):
+    """Digits (columns) with the chosen cells marked, one row per budget, from the masks."""
+    from nca_adv.io import data
+    from nca_adv.media import video
+
+    path = RESULTS / npz
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    try:
+        images = data.to_float(data.load_mnist().test_images[saved["digits"][:n]])
+    except (OSError, ValueError):
+        return None
+    grey = video.zoom(video.to_uint8(np.repeat(1.0 - images[..., None], 3, -1)), zoom)
+    ks = sorted(int(f.split("_")[1]) for f in saved.files if f.startswith("masks_"))
+    tiles = [video.mark_cells(grey, saved[f"masks_{k}"][:n, ..., 0] > 0, zoom) for k in ks]
+    grid = video.image_grid(np.concatenate(tiles), cols=n)
+    return video.save_image(out / f"beyond_placement_{name.rstrip(chr(39))}.png", grid)
+
+
+def _placement_growing(rep, out: Path, runs: dict) -> dict:
+    import shutil
+
+    rows, result = [], {}
+    for name, r in runs.items():
+        rows.append(
+            [
+                f"{name} adversary on the {r['model']} lizard",
+                f"{r['cells']} of {r['eligible_cells']}",
+                f"{r['loss']:.5f} [{min(r['loss_per_run']):.5f}-{max(r['loss_per_run']):.5f}]",
+                f"{r['random_loss']:.5f} [{min(r['random_loss_per_run']):.5f}-"
+                f"{max(r['random_loss_per_run']):.5f}]",
+            ]
+        )
+        tag = f"placement_growing_{name.rstrip(chr(39))}"
+        result[f"{tag}_loss"], result[f"{tag}_random_loss"] = r["loss"], r["random_loss"]
+    r = next(iter(runs.values()))
+    rep.text(
+        f"Growing CA, tailless: adversaries in {r['budget']:.0%} of the tailless target's cells, "
+        f"injected into a lizard grown {r['grow_first']} steps (padding {r['padding']}), loss "
+        f"to the tailless target {r['steps']} steps later, on {r['eval_keys']} held-out keys "
+        "(the same keys as experiments.eval_growing --seed=0 --runs=6, whose random masks give "
+        "the right-hand column)."
+    )
+    rep.table(["", "adversary cells", "optimised: loss mean [min-max]", "random placements"], rows)
+    for name, f in PLACEMENT_GROWING.items():
+        png = RESULTS / f"{f}.png"
+        if name in runs and png.is_file():
+            dest = shutil.copy(png, out / f"beyond_{f}.png")
+            rep.image(
+                dest,
+                f"{name} tailless adversary: the chosen cells (magenta) on the grown lizard at "
+                f"injection, and the lizard {r['steps']} steps later (held-out key 0).",
+            )
+    return result
+
+
 # The parts of the section, in order (each adds its own headings and numbers).
-PARTS = [hardened_part]
+PARTS = [placement_part, hardened_part]
 
 
 def section(rep: report.HtmlReport, out: Path, ref, key: jax.Array) -> dict:

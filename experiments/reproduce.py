@@ -58,7 +58,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list(
     "sections",
-    ["lizard", "mnist", "adversaries", "perturbations"],
+    ["lizard", "mnist", "adversaries", "perturbations", "beyond"],
     "Report sections, in order. 'adversaries' and 'perturbations' run when their modules "
     "(experiments/report_<name>.py) exist.",
 )
@@ -72,9 +72,10 @@ flags.DEFINE_string(
 OPTIONAL_SECTIONS = {
     "adversaries": "experiments.report_adversaries",
     "perturbations": "experiments.report_perturbations",
+    "beyond": "experiments.report_beyond",  # issue 15: beyond the article
 }
 # Each section draws from fold_in(key, its number): adding a section changes no other.
-SECTION_KEYS = {"lizard": 0, "mnist": 1, "adversaries": 2, "perturbations": 3}
+SECTION_KEYS = {"lizard": 0, "mnist": 1, "adversaries": 2, "perturbations": 3, "beyond": 4}
 
 
 def _section(name: str) -> Callable | None:

@@ -135,7 +135,7 @@ PRESETS = {
         adversary_init="base",
         red_fractions=(0.6,),
         perturbation_groups=(("lizard_red", "lizard_blue"), ("lizard_no_tail", "lizard_no_leg", "lizard_no_arm", "lizard_no_head")),
-        models=("lizard_no_tail_adversary", "lizard_red_adversary", "perturbations_red_blue", "perturbations_tail_leg_arm_head", "lizard_red10_adversary"),
+        models=("perturbations_red_blue", "lizard_red_adversary", "perturbations_tail_leg_arm_head", "lizard_no_tail_adversary", "lizard_red10_adversary"),
     ),
     "smoke": Preset(
         _SMOKE,
@@ -350,7 +350,8 @@ class _Bases(dict):
                     f"(iteration {steps[-1]} of {self.iterations[name]}); finish it first "
                     f"(--resume --only={name}) or move that folder away to use the shipped {name}"
                 )
-        logging.info("base %s: the shipped model (%s holds no trained %s)", name, folder, name)
+        why = f"{folder} holds no trained {name}" if name in self.trained_here else "not trained"
+        logging.info("base %s: the shipped model (%s)", name, why)
         self[name] = name
         return name
 

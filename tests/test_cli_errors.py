@@ -40,7 +40,8 @@ for case in json.loads(sys.stdin.read()):
     log.stream = err  # the launch's log lines belong to its stderr too
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            cli.run(module.main, [sys.argv[1], *case["argv"]])
+            positional = getattr(module, "POSITIONAL_ARGS", False)  # as its __main__ runs it
+            cli.run(module.main, [sys.argv[1], *case["argv"]], positional_args=positional)
             code = 0
         except SystemExit as e:
             code = 0 if e.code is None else e.code
@@ -329,7 +330,12 @@ CASES = [
     ("r_out_file", "experiments.reproduce", ["--out={file}"], "is a file, not a folder"),
     ("mp_no_terms", "experiments.mix_perturbations", [], "give the mix as terms"),
     ("mp_padding_neg", "experiments.mix_perturbations", ["tail", "--padding=-3"], "--padding=-3"),
-    ("mp_padding_bound", "experiments.mix_perturbations", ["tail", "--padding=100000"], "<= 1000"),
+    (
+        "mp_padding_bound",
+        "experiments.mix_perturbations",
+        ["tail", "--padding=100000"],
+        "range [0, 1000]",
+    ),
     (
         "mp_memory",
         "experiments.mix_perturbations",

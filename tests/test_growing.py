@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from nca_adv.models import growing, masks, update
-from nca_adv.training import runtime
+from nca_adv.training import engine, trainers
+
+KEY = jax.random.PRNGKey(0)
 
 
 @pytest.fixture(scope="module")
@@ -119,35 +121,40 @@ def test_loss_definition():
     np.testing.assert_allclose(growing.growing_loss(x, t), [0.25, 0.0])
 
 
-def test_prepare_batch_sorts_seeds_and_damages():
+def test_recipe_batch_sorts_resets_and_damages():
+    """The growing recipe's batch discipline (the engine's ``prepare``): sort by loss,
+    highest first; slot 0 := the seed; the ``damage_n`` lowest-loss samples get a hole."""
     target = np.zeros((20, 20, 4), np.float32)
     x = np.zeros((4, 20, 20, 16), np.float32)
     for i in range(4):
         x[i, ..., :4] = 0.1 * (i + 1)  # loss grows with i
     x[..., 4:] = 1.0
     seed = growing.seed_state(20, 20)
-    out = np.asarray(growing.prepare_batch(x, target, seed, jax.random.PRNGKey(0), 2))
+    recipe = trainers.growing_recipe(growing.GrowingTrainConfig(batch_size=4, damage_n=2))
+    batch = recipe.prepare({"x": jnp.asarray(x)}, {"seed": seed}, {"target": target}, KEY)
+    out = np.asarray(batch["x"])
     np.testing.assert_array_equal(out[0], seed)
     np.testing.assert_allclose(out[1, 0, 0, 0], 0.3)  # sorted: highest loss first
     assert (out[2:] == 0).any(axis=(1, 2, 3)).all()  # damaged holes
     assert (out[1] != 0).all()
 
 
-def test_train_step_lowers_loss_on_tiny_target():
+def test_recipe_needs_damage_below_the_batch_size():
+    with pytest.raises(ValueError, match="damage_n"):
+        trainers.growing_recipe(growing.GrowingTrainConfig(batch_size=2, damage_n=2))
+
+
+def test_engine_training_lowers_loss_on_tiny_target():
     target = np.zeros((16, 16, 4), np.float32)
     target[6:10, 6:10] = [0.8, 0.1, 0.1, 1.0]
-    config = growing.GrowingTrainConfig(min_steps=8, max_steps=12)
-    opt = runtime.make_optimizer(2e-3, {})
-    params = growing.init_growing_params(jax.random.PRNGKey(0))
-    state = opt.init(params)
-    step = growing.make_growing_train_step(opt, config)
-    x0 = jnp.broadcast_to(growing.seed_state(16, 16), (4, 16, 16, 16))
-    losses = []
-    for i in range(30):
-        params, state, _, loss = step(
-            params, state, x0, target, jax.random.PRNGKey(i), jnp.int32(10)
-        )
-        losses.append(float(loss))
+    config = growing.GrowingTrainConfig(
+        pool_size=4, batch_size=4, min_steps=8, max_steps=12, damage_n=0
+    )
+    recipe = trainers.growing_recipe(config)
+    runs = engine.stack_runs([{"target": target}])
+    shared = {"seed": growing.seed_state(16, 16)}
+    _, metrics = engine.train(recipe, KEY[None], shared, runs, 30)
+    losses = np.asarray(metrics["loss"][0])
     assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
 
 

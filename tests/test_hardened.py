@@ -3,6 +3,7 @@ train_mnist_hardened launch): exact resume, each player trained on its own loss 
 the masks' shares, and bad settings refused in one line. Tiny synthetic digits."""
 
 import functools
+import json
 import subprocess
 import sys
 
@@ -197,3 +198,71 @@ def test_launch_trains_saves_both_and_refuses_bad_flags(tmp_path, subprocess_env
     assert io.load_model(str(folder / "params.npz"), "mnist").keys() == _params(1).keys()
     trained_adv = io.load_model(str(folder / "adversary.npz"), "mnist")
     assert _changed(trained_adv, _params(2))
+
+
+# ----------------------------------------------------------------------------- transfer, report
+def test_transfer_table_fills_in_and_refuses_bad_pairs(tmp_path, subprocess_env):
+    out = tmp_path / "transfer.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.transfer_table",
+        "--bases=shipped=mnist",
+        "--adversaries=shipped=mnist_adversary",
+        "--num_digits=12",
+        "--steps=3",
+        "--curve_digits=4",
+        "--curve_ps=0,1",
+        f"--out={out}",
+    ]
+    bad = subprocess.run(
+        [*cmd, "--curves=shipped:nobody"], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "--curves" in bad.stderr and not out.exists()
+
+    first = subprocess.run(
+        [*cmd, "--curves=shipped:shipped"], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    share = summary["cells_voting_target"]["shipped"]["shipped"]
+    assert 0.0 <= share <= 1.0
+    curve = summary["curves"]["shipped|shipped"]
+    assert curve["ps"] == [0.0, 1.0] and curve["digits"] == 4
+    saved = json.loads(out.read_text())
+    assert saved["digits_attacked"] == 12  # no 8 among the first 12 test digits
+    # Run again: the pair is kept from the file, not recomputed.
+    again = subprocess.run(
+        [*cmd, "--notable"], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "vote 8 (" not in again.stderr
+    assert json.loads(out.read_text())["pairs"] == saved["pairs"]
+
+
+def test_report_part_reads_the_shipped_results(tmp_path, monkeypatch):
+    from experiments import report_beyond
+    from nca_adv.media import report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    transfer = {
+        "settings": {"num_digits": 300, "fraction": 0.1, "steps": 200, "seed": 0},
+        "digits_attacked": 279,
+        "pairs": {
+            "shipped|shipped": {"cells_voting_target": 0.98, "digits_hijacked": 0.99},
+            "hardened|shipped": {"cells_voting_target": 0.1, "digits_hijacked": 0.05},
+        },
+        "curves": {
+            "shipped|shipped": {"digits": 100, "ps": [0, 1], "cells_voting_target": [0.0, 1.0]}
+        },
+    }
+    (results / report_beyond.TRANSFER).write_text(json.dumps(transfer))
+    monkeypatch.setattr(report_beyond, "RESULTS", results)
+    rep = report.HtmlReport(tmp_path / "r.html", "t")
+    out = report_beyond.hardened_part(rep, tmp_path, None, jax.random.PRNGKey(0))
+    assert out["transfer_hardened|shipped"] == 0.1
+    assert (tmp_path / "beyond_hardened_curves.png").is_file()
+    html = rep.write().read_text()
+    assert "98.0% (99.0%)" in html and "hardened base" in html

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nca_adv.models import mnist, update
-from nca_adv.training import runtime
+from nca_adv.training import engine, trainers
 
 
 def _digits(n=6, size=10, seed=0):
@@ -121,19 +121,14 @@ def test_refresh_batch_replaces_and_mutates():
     np.testing.assert_array_equal(np.asarray(out_lab), [*fresh_lab[:2], *lab[2:6], *fresh_lab[2:]])
 
 
-def test_train_step_lowers_loss(params):
+def test_engine_training_lowers_loss():
     img, lab = _digits(n=8)
-    config = mnist.MnistTrainConfig(steps=8)
-    opt = runtime.make_optimizer(1e-3, {})
-    p = mnist.init_mnist_params(jax.random.PRNGKey(0))
-    state = opt.init(p)
-    step = mnist.make_mnist_train_step(opt, config)
-    x0 = mnist.seed_states(img)
-    k = mnist.cells_needed(img)
-    losses = []
-    for i in range(25):
-        p, state, _, loss = step(p, state, x0, jnp.asarray(lab), jax.random.PRNGKey(i), k)
-        losses.append(float(loss))
+    # Every sample a fresh seed each iteration (new_n = batch): the pool carries no state.
+    config = mnist.MnistTrainConfig(pool_size=8, batch_size=8, steps=8, new_n=8, mutate_n=0)
+    recipe = trainers.mnist_recipe(config, mnist.cells_needed(img))
+    shared = trainers.mnist_shared(np.round(img * 255).astype(np.uint8), lab)
+    _, metrics = engine.train(recipe, jax.random.PRNGKey(0)[None], shared, {}, 25)
+    losses = np.asarray(metrics["loss"][0])
     assert np.mean(losses[-5:]) < 0.85 * losses[0], losses
 
 

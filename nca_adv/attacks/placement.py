@@ -29,7 +29,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nca_adv.attacks import adversaries
 from nca_adv.errors import UserError
@@ -173,29 +172,38 @@ def optimise_relaxed(
     iterations: int,
     lr: float = 0.05,
     m0: jax.Array | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Relaxation:
-    """Projected Adam on the relaxed masks: ``iterations`` gradient steps on
-    ``objective(m).sum()`` (problems are independent, so each gets its own gradient), each
-    followed by :func:`project_budget`. Deterministic (no randomness of its own)."""
+    """Projected gradient descent on the relaxed masks: ``iterations`` steps
+    ``m <- project(m - lr * g / max|g|)`` with g the gradient of ``objective(m).sum()``
+    (problems are independent: each gets its own gradient, scaled by its own largest
+    entry so that ``lr`` is the largest move of one cell), then :func:`project_budget`.
+
+    Not Adam: Adam's per-entry normalisation makes its first steps ``lr * sign(g)``, which
+    moves every helpful cell alike and throws away what the gradient knows (which cells
+    help most); with a few iterations, that is all there is. Deterministic.
+    """
     m = project_budget(uniform_start(eligible, k) if m0 is None else m0, eligible, k)
-    opt = optax.adam(lr)
+    axes = tuple(range(1, m.ndim))
 
     @jax.jit
-    def step(m, state):
+    def step(m):
         def total(m):
             losses = objective(m)
             return losses.sum(), losses
 
         (_, losses), g = jax.value_and_grad(total, has_aux=True)(m)
-        upd, state = opt.update(g, state, m)
-        return project_budget(optax.apply_updates(m, upd), eligible, k), state, losses
+        g = jnp.where(eligible > 0, g, 0.0)
+        g = g / (jnp.abs(g).max(axes, keepdims=True) + 1e-30)
+        return project_budget(m - lr * g, eligible, k), losses
 
-    state = opt.init(m)
     history = []
-    for _ in range(iterations):
-        m, state, losses = step(m, state)
+    for i in range(iterations):
+        m, losses = step(m)
         history.append(losses)
-    return Relaxation(m, jnp.stack(history))
+        if log is not None:
+            log(f"relaxed iteration {i + 1}/{iterations}: loss {float(losses.mean()):.5g}")
+    return Relaxation(m, jnp.stack(history) if history else jnp.zeros((0, m.shape[0])))
 
 
 class Refinement(NamedTuple):
@@ -206,6 +214,7 @@ class Refinement(NamedTuple):
     kept: jax.Array
 
 
+@jax.jit
 def propose_swaps(
     key: jax.Array, masks: jax.Array, eligible: jax.Array, preference: jax.Array
 ) -> jax.Array:
@@ -234,6 +243,7 @@ def greedy_swaps(
     key: jax.Array,
     rounds: int,
     preference: jax.Array | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Refinement:
     """``rounds`` rounds of swap moves with the discrete mixed step: each round proposes one
     swap per problem (:func:`propose_swaps`, round r from ``fold_in(key, r)``) and keeps it
@@ -250,6 +260,10 @@ def greedy_swaps(
         masks = jnp.where(better[:, None, None, None], trial, masks)
         loss = jnp.where(better, trial_loss, loss)
         kept = kept + better
+        if log is not None:
+            log(
+                f"greedy round {r + 1}/{rounds}: loss {float(loss.mean()):.5g}, kept {int(better.sum())}"
+            )
     return Refinement(masks, loss, kept)
 
 
@@ -258,6 +272,20 @@ def mnist_eligible(images: jax.Array) -> jax.Array:
     """(B, H, W, 1) the digits' alive cells: adversaries elsewhere never update (a dead cell
     is never written), so they are the only cells worth taking."""
     return (jnp.asarray(images) > mnist.ALIVE_THRESHOLD)[..., None].astype(jnp.float32)
+
+
+class DigitCells(NamedTuple):
+    """One digit's alive cells padded to K slots: flat cell ids (K,), 3x3 neighbourhoods in
+    the zero-padded grid (K, 9), which slots are real (K, 1) (:func:`mnist.cell_index`)."""
+
+    cells: jax.Array
+    neighbours: jax.Array
+    valid: jax.Array
+
+
+def digit_cells(image: jax.Array, k: int) -> DigitCells:
+    index = mnist.cell_index(image[None], k)
+    return DigitCells(index.cells[0], index.neighbours[0], index.valid[0])
 
 
 def mnist_mixed_digit_step(
@@ -297,20 +325,6 @@ def mnist_mixed_digit_step(
     dx = dx * (fire & slots.valid)
     delta = jnp.zeros((h * w, c - 1), x.dtype).at[slots.cells].add(dx)
     return x.at[..., 1:].add(delta.reshape(h, w, c - 1))
-
-
-class DigitCells(NamedTuple):
-    """One digit's alive cells padded to K slots: flat cell ids (K,), 3x3 neighbourhoods in
-    the zero-padded grid (K, 9), which slots are real (K, 1) (:func:`mnist.cell_index`)."""
-
-    cells: jax.Array
-    neighbours: jax.Array
-    valid: jax.Array
-
-
-def digit_cells(image: jax.Array, k: int) -> DigitCells:
-    index = mnist.cell_index(image[None], k)
-    return DigitCells(index.cells[0], index.neighbours[0], index.valid[0])
 
 
 def _mnist_final(base, adv, image, mask, key, steps, k, adv_cells, remat):
@@ -391,7 +405,7 @@ def growing_eligible(target: jax.Array) -> jax.Array:
     return (alpha >= adversaries.TARGET_ALPHA)[None, ..., None].astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames="grow_first")
+@functools.partial(jax.jit, static_argnames=("h", "w", "grow_first"))
 def grow_lizards(base, h: int, w: int, keys: jax.Array, grow_first: int) -> jax.Array:
     """(R, H, W, 16) lizards grown by the base for ``grow_first`` steps, run r from the
     grow key of ``keys[r]`` exactly as :func:`adversary_eval.growing_attack`'s run r."""

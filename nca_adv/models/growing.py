@@ -10,11 +10,9 @@ import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from nca_adv.models.masks import alive_mask, circle_damage_masks, fire_mask
 from nca_adv.models.perceive import sobel_perceive
@@ -185,49 +183,3 @@ class GrowingTrainConfig(NamedTuple):
     lr_decay_at: int = 2000
     lr_decay: float = 0.1
     fire_rate: float = FIRE_RATE
-
-
-def prepare_batch(
-    x: jax.Array, target: jax.Array, seed: jax.Array, key: jax.Array, damage_n: int
-) -> jax.Array:
-    """The pool's batch discipline: sort by loss (highest first), slot 0 := seed,
-    the ``damage_n`` lowest-loss samples get a circular hole."""
-    chex.assert_rank(x, 4)
-    x = jnp.asarray(x)
-    order = jnp.argsort(-growing_loss(x, target))
-    x = x[order].at[0].set(seed)
-    if damage_n > 0:
-        h, w = x.shape[1:3]
-        masks = circle_damage_masks(key, damage_n, h, w)
-        x = x.at[-damage_n:].multiply(masks)
-    return x
-
-
-def make_growing_train_step(
-    optimizer: optax.GradientTransformation,
-    config: GrowingTrainConfig,
-    remat: bool = True,
-    perceive: Callable[[jax.Array], jax.Array] = sobel_perceive,
-):
-    """A jitted ``(params, opt_state, x0, target, key, n_steps) -> (params, opt_state, x, loss)``.
-
-    The loss is the batch mean of :func:`growing_loss` after ``n_steps`` steps; with
-    ``remat`` the body of the rollout is rematerialised (``jax.checkpoint``) so memory stays
-    flat in steps (and, on CPU, the step is faster: fewer page faults).
-    """
-
-    def loss_fn(params, x0, target, key, n_steps):
-        x = variable_rollout(
-            params, x0, key, n_steps, config.max_steps, config.fire_rate, remat, perceive
-        )
-        return jnp.mean(growing_loss(x, target)), x
-
-    @jax.jit
-    def train_step(params, opt_state, x0, target, key, n_steps):
-        (loss, x), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, x0, target, key, n_steps
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, x, loss
-
-    return train_step

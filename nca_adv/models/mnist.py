@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nca_adv.models.perceive import im2col3x3
 from nca_adv.models.rollout import scan_steps
@@ -300,33 +299,6 @@ def refresh_batch(
         x = x.at[-mutate_n:].set(mutate(x[-mutate_n:], fresh_images[new_n:]))
         labels = labels.at[-mutate_n:].set(fresh_labels[new_n:])
     return x, labels
-
-
-def make_mnist_train_step(optimizer: optax.GradientTransformation, config: MnistTrainConfig):
-    """A jitted ``(params, opt_state, x0, labels, key, k) -> (params, opt_state, x, loss)``:
-    ``config.steps`` alive-cell steps (``k`` static: :func:`cells_needed`), batch mean of
-    :func:`l2_loss`, the scan body rematerialised."""
-
-    def loss_fn(params, x0, labels, key, k):
-        index = cell_index(x0[..., 0], k)
-
-        x = scan_steps(
-            lambda x, k: mnist_step_cells(params, x, index, k, config.fire_rate, config.noise_std),
-            x0,
-            key,
-            config.steps,
-            remat=True,
-        )
-        y = label_maps(x0[..., 0], labels)
-        return jnp.mean(l2_loss(x, y)), x
-
-    @functools.partial(jax.jit, static_argnames="k")
-    def train_step(params, opt_state, x0, labels, key, k):
-        (loss, x), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x0, labels, key, k)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, x, loss
-
-    return train_step
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "k", "switch_at", "trajectory", "noise_std"))

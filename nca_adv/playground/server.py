@@ -104,7 +104,8 @@ class Playground:
         self.frame_interval = 1.0 / max_fps
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="playground-ca")
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
         self.static_files = {p.name: p for p in STATIC.iterdir() if p.suffix in CONTENT_TYPES}
 
     # ------------------------------------------------------------------ app
@@ -114,7 +115,8 @@ class Playground:
             app.router.add_get(path, self.page)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/ws/{kind:mnist|lizard}", self.websocket)
-        app.on_shutdown.append(self._close_all)
+        app.on_startup.append(self._start_pool)
+        app.on_cleanup.append(self._stop_pool)
         return app
 
     async def _run(self, fn, *args):
@@ -170,11 +172,11 @@ class Playground:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 async with lock:
-                    error = await self._run(session.handle, msg.data)
-                    if error:
-                        await ws.send_json(error)
+                    reply = await self._run(_answer, session, msg.data)
+                    if isinstance(reply, dict):
+                        await ws.send_json(reply)
                     else:
-                        await ws.send_bytes(await self._run(session.frame))
+                        await ws.send_bytes(reply)
                 if session.playing:
                     wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -196,12 +198,25 @@ class Playground:
                 continue
             start = loop.time()
             async with lock:
-                if await self._run(session.tick):
-                    await ws.send_bytes(await self._run(session.frame))
+                frame = await self._run(_tick_and_frame, session)
+                if frame is not None:
+                    await ws.send_bytes(frame)
             await asyncio.sleep(max(0.0, self.frame_interval - (loop.time() - start)))
 
-    async def _close_all(self, app) -> None:
+    async def _start_pool(self, app) -> None:
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="playground-ca")
+
+    async def _stop_pool(self, app) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _answer(session: Session, raw) -> dict | bytes:
+    """An action's reply, in one trip to a worker thread: the error, or the new frame."""
+    return session.handle(raw) or session.frame()
+
+
+def _tick_and_frame(session: Session) -> bytes | None:
+    return session.frame() if session.tick() else None
 
 
 @web.middleware

@@ -35,7 +35,7 @@ from nca_adv.attacks import adversaries, perturbation
 from nca_adv.evaluation.adversary_eval import vote_counts
 from nca_adv.io import data
 from nca_adv.media import video
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.masks import alive_mask
 from nca_adv.playground import protocol
 from nca_adv.playground.models import COMPLETE, LizardModels, MnistModels
@@ -185,10 +185,11 @@ class Session:
 # ============================================================================== MNIST
 @jax.jit
 def _mnist_advance(base, adv, x, mask, run_key, stream, start, n, branch):
-    """n steps (traced) from step ``start``; branch 0 the base CA, 1 the mixed step."""
+    """n steps (traced) from step ``start`` of the bound CAs (``architecture.CA``); branch
+    0 the base CA, 1 the mixed step."""
 
-    def ca_step(params):
-        return lambda x, keys: mnist.mnist_step(params, x, keys, per_sample_keys=True)
+    def ca_step(ca):  # the whole-grid step, one key per digit (here one digit)
+        return ca.model.step(ca.params, per_sample_keys=True)
 
     plain = ca_step(base)
     mixed = adversaries.with_adversaries(ca_step(adv), mask)(plain)
@@ -219,6 +220,10 @@ class MnistSession(Session):
         self, models: MnistModels, seed: int = 0, run_key: jax.Array | None = None, speed=1
     ):
         self.models = models
+        self._base = architecture.bind(models.base, "mnist")
+        self._adv = architecture.bind(
+            models.adversary if models.adversary is not None else models.base, "mnist"
+        )
         k_run, k_pick = jax.random.split(jax.random.PRNGKey(seed))
         self.run_key = k_run if run_key is None else jnp.asarray(run_key)
         self.pick_key, self.picks = k_pick, 0
@@ -239,7 +244,6 @@ class MnistSession(Session):
         return {
             "size": self.size,
             "adversary": self.models.adversary is not None,
-            "sources": self.models.sources,
         }
 
     # ------------------------------------------------------------------ state
@@ -307,10 +311,9 @@ class MnistSession(Session):
 
     def _advance(self, n: int) -> None:
         use_adversary = self.models.adversary is not None and bool(self.adversary.any())
-        adv = self.models.adversary if self.models.adversary is not None else self.models.base
         self.x = _mnist_advance(
-            self.models.base,
-            adv,
+            self._base,
+            self._adv,
             self.x,
             self._mask,
             self.run_key,
@@ -349,11 +352,11 @@ class MnistSession(Session):
 
 # ============================================================================== lizard
 def _lizard_steps(base, advs, masks, a):
-    """The four steps a lizard session switches between: plain, attacked (every
-    adversary on its mask), perturbed, perturbed and attacked."""
+    """The four steps a lizard session switches between (``architecture.CA`` models):
+    plain, attacked (every adversary on its mask), perturbed, perturbed and attacked."""
 
-    def ca_step(params):
-        return lambda x, key: growing.growing_step(params, x, key)
+    def ca_step(ca):
+        return architecture.make_step(ca.model, ca.params)
 
     plain = ca_step(base)
     attacked = plain
@@ -400,7 +403,8 @@ class LizardSession(Session):
         self.ks = {name: 0.0 for name in models.perturbations}
         self.perturb_on = False
         self.target = "lizard_no_tail" if "lizard_no_tail" in models.targets else COMPLETE
-        self._advs = tuple(models.adversaries.values())
+        self._base = architecture.bind(models.base, "growing")
+        self._advs = tuple(architecture.bind(a, "growing") for a in models.adversaries.values())
         self._complete = jnp.asarray(models.targets[COMPLETE])
         self._target = jnp.asarray(models.targets[self.target])
         self._set_matrix()
@@ -437,7 +441,6 @@ class LizardSession(Session):
             "complete": COMPLETE,
             "target": self.target,
             "cut_radius": DEFAULT_CUT_RADIUS,
-            "sources": self.models.sources,
         }
 
     # ------------------------------------------------------------------ state
@@ -501,7 +504,7 @@ class LizardSession(Session):
     def _advance(self, n: int) -> None:
         branch = 2 * int(self.perturb_on) + int(bool(self.owner.any()))
         self.x = _lizard_advance(
-            self.models.base,
+            self._base,
             self._advs,
             self._masks,
             self._matrix,

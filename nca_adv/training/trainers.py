@@ -52,6 +52,12 @@ def growing_family(
     ``init_params(key, shared)`` the parameters training starts from. ``optimizer``
     defaults to the original's (per-variable gradient normalisation, Adam on the config's
     rate and decay)."""
+    # The launches check this on their flags; a recipe built in Python must too (else an
+    # XLA broadcasting error at trace time names neither setting).
+    if not 0 <= config.damage_n < config.batch_size:
+        raise ValueError(
+            f"damage_n ({config.damage_n}) must lie in [0, batch_size={config.batch_size})"
+        )
 
     def init(key, shared, run):
         k_params, k_pool = jax.random.split(key)

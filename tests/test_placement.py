@@ -1,0 +1,205 @@
+"""Target-set selection (nca_adv.attacks.placement): the relaxed step, the budget set, the
+optimisers on toy objectives, held-out keys, budget errors, and the launch end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nca_adv.attacks import adversaries
+from nca_adv.attacks import placement as P
+from nca_adv.errors import UserError
+from nca_adv.models import growing, mnist
+
+
+def _eligible(b=3, h=6, w=7, seed=0):
+    rng = np.random.default_rng(seed)
+    e = (rng.uniform(size=(b, h, w, 1)) < 0.6).astype(np.float32)
+    e[:, 0, 0] = 1.0  # at least one eligible cell each
+    return jnp.asarray(e)
+
+
+# ----------------------------------------------------------------------------- relaxed step
+def test_relaxed_step_equals_discrete_at_0_and_1():
+    base = growing.init_growing_params(jax.random.PRNGKey(0))
+    adv = growing.init_growing_params(jax.random.PRNGKey(1))
+    # the last kernel starts at zero: give both models a real update
+    base["dense2"]["kernel"] = 0.1 * jax.random.normal(jax.random.PRNGKey(2), (128, 16))
+    adv["dense2"]["kernel"] = 0.1 * jax.random.normal(jax.random.PRNGKey(3), (128, 16))
+    x = jax.random.uniform(jax.random.PRNGKey(4), (2, 9, 9, 16))
+    mask = (jax.random.uniform(jax.random.PRNGKey(5), (2, 9, 9, 1)) < 0.4).astype(jnp.float32)
+
+    def step(p):
+        return lambda x, k: growing.growing_step(p, x, k)
+
+    key = jax.random.PRNGKey(6)
+    want = adversaries.with_adversaries(step(adv), mask)(step(base))(x, key)
+    got = P.relaxed_adversaries(step(adv), mask)(step(base))(x, key)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not np.array_equal(np.asarray(want), np.asarray(step(base)(x, key)))
+
+
+def _mnist_pair():
+    base = mnist.init_mnist_params(jax.random.PRNGKey(0))
+    adv = mnist.init_mnist_params(jax.random.PRNGKey(1))
+    base["dense2"]["kernel"] = 0.05 * jax.random.normal(jax.random.PRNGKey(2), (80, 19))
+    adv["dense2"]["kernel"] = 0.05 * jax.random.normal(jax.random.PRNGKey(3), (80, 19))
+    return base, adv
+
+
+def test_mnist_relaxed_step_equals_sparse_discrete_step_at_0_and_1():
+    base, adv = _mnist_pair()
+    image = jnp.zeros((10, 10)).at[2:8, 3:7].set(0.8)
+    slots = P.digit_cells(image, 32)
+    x = mnist.seed_states(image).at[..., 1:].set(0.3)
+    x = x * (image > 0.1)[..., None]
+    m = jnp.zeros((32, 1)).at[jnp.array([0, 5, 9])].set(1.0) * slots.valid
+    key = jax.random.PRNGKey(7)
+    relaxed = P.mnist_mixed_digit_step(base, adv, x, slots, key, m)
+    sparse = P.mnist_mixed_digit_step(base, adv, x, slots, key, m, jnp.array([0, 5, 9, 20]))
+    np.testing.assert_allclose(np.asarray(relaxed), np.asarray(sparse), rtol=0, atol=1e-6)
+    only_base = P.mnist_mixed_digit_step(base, adv, x, slots, key, jnp.zeros((32, 1)))
+    assert not np.allclose(np.asarray(relaxed), np.asarray(only_base))
+    # the adversary changes its own cells only: elsewhere the base's update
+    changed = np.abs(np.asarray(relaxed - only_base)).sum(-1) > 0
+    chosen = np.zeros(100, bool)
+    chosen[np.asarray(slots.cells)[[0, 5, 9]]] = True
+    assert not changed.reshape(-1)[~chosen].any()
+
+
+# ----------------------------------------------------------------------------- budget set
+def test_projection_and_top_k_stay_in_budget_and_on_eligible_cells():
+    e = _eligible()
+    v = jax.random.normal(jax.random.PRNGKey(0), e.shape) * 2
+    for k in (1, 3, 7):
+        m = np.asarray(P.project_budget(v, e, k))
+        assert m.min() >= 0 and m.max() <= 1
+        np.testing.assert_allclose(m.sum((1, 2, 3)), k, atol=1e-4)
+        assert not m[np.asarray(e) == 0].any()
+        top = np.asarray(P.top_k_mask(jnp.asarray(m), e, k))
+        np.testing.assert_array_equal(top.sum((1, 2, 3)), k)
+        assert not top[np.asarray(e) == 0].any()
+        rnd = np.asarray(P.random_masks(jax.random.PRNGKey(k), e, k))
+        np.testing.assert_array_equal(rnd.sum((1, 2, 3)), k)
+        assert not rnd[np.asarray(e) == 0].any()
+
+
+def _linear_objective(weights):
+    """Toy objective: loss = -sum(m * w) per problem; the best k cells are the k largest w."""
+    return lambda m: -(m * weights).sum((1, 2, 3))
+
+
+def test_relaxed_optimiser_moves_a_toy_placement_the_right_way():
+    e = _eligible()
+    w = jax.random.uniform(jax.random.PRNGKey(1), e.shape)
+    k = 3
+    relaxation = P.optimise_relaxed(_linear_objective(w), e, k, iterations=30, lr=0.1)
+    losses = np.asarray(relaxation.losses)
+    assert (losses[-1] < losses[0]).all()
+    got = np.asarray(P.top_k_mask(relaxation.m, e, k))
+    want = np.asarray(P.top_k_mask(w, e, k))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_greedy_swaps_improve_and_keep_budget():
+    e = _eligible()
+    w = jax.random.uniform(jax.random.PRNGKey(2), e.shape)
+    k = 2
+    objective = _linear_objective(w)
+    start = P.random_masks(jax.random.PRNGKey(3), e, k)
+    refined = P.greedy_swaps(objective, start, e, jax.random.PRNGKey(4), rounds=30)
+    masks = np.asarray(refined.masks)
+    np.testing.assert_array_equal(masks.sum((1, 2, 3)), k)
+    assert not masks[np.asarray(e) == 0].any()
+    before, after = np.asarray(objective(start)), np.asarray(refined.loss)
+    assert (after < before).all() and (np.asarray(refined.kept) > 0).all()
+    np.testing.assert_allclose(after, objective(refined.masks), rtol=1e-6)
+    best = np.asarray(objective(P.top_k_mask(w, e, k)))
+    assert (after - best < 0.5 * (before - best)).all()  # more than half-way to the optimum
+
+
+# ----------------------------------------------------------------------------- keys, budgets
+def test_held_out_keys_never_reuse_an_optimisation_key():
+    opt, held = P.split_keys(jax.random.PRNGKey(0), 3, 6)
+    P.check_held_out(opt, held)
+    a = np.asarray(jax.random.key_data(opt)).reshape(3, -1)
+    b = np.asarray(jax.random.key_data(held)).reshape(6, -1)
+    assert not (a[:, None] == b[None]).all(-1).any()
+    with pytest.raises(ValueError, match="held-out key"):
+        P.check_held_out(opt, jnp.concatenate([held, opt[1:2]]))
+
+
+@pytest.mark.parametrize(
+    "budget, match",
+    [
+        (0, "must be > 0"),
+        (-2, "must be > 0"),
+        ("nan", "must be > 0"),
+        (2.5, "whole number"),
+        (785, "more than the grid"),
+        (50, "eligible"),
+    ],
+)
+def test_bad_budgets_are_one_line_errors(budget, match):
+    with pytest.raises(UserError, match=match) as e:
+        P.budget_cells(budget, 784, 40)
+    assert "\n" not in str(e.value)
+
+
+def test_budget_shares_and_counts():
+    assert P.budget_cells(0.01, 784) == 8
+    assert P.budget_cells(0.001, 784) == 1
+    assert P.budget_cells(4, 784) == 4
+    assert P.budget_cells("0.1", 444, 444) == 44
+
+
+@pytest.mark.parametrize("budget", ["0", "100000"])
+def test_launch_refuses_bad_budgets(budget, subprocess_env):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.place_adversaries", f"--budget={budget}"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(optimise=False),
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "budget" in lines[0], out.stderr
+
+
+def test_launch_mnist_tiny(tmp_path, subprocess_env):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.place_adversaries",
+            "--kind=mnist",
+            "--budget=2,0.01",
+            "--num_digits=3",
+            "--steps=4",
+            "--iterations=1",
+            "--rounds=1",
+            "--random_draws=2",
+            f"--out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(optimise=False),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("cells_voting_target", "digits_hijacked"):
+        assert 0 <= result[name] <= 1
+        assert 0 <= result[f"random_{name}"] <= 1
+    assert [r["cells"] for r in result["by_budget"]] == [2, 8]
+    assert "random_live_cells_voting_target" in result["by_budget"][1]
+    saved = np.load(tmp_path / "placement_mnist.npz")
+    assert (saved["masks_2"].sum((1, 2, 3)) == 2).all()
+    assert (tmp_path / "placement_mnist_8cells.png").is_file()
