@@ -27,8 +27,8 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check nca_adv experiments tests benchmarks
-	$(VENV)/bin/ruff format --check nca_adv experiments tests benchmarks
+	$(VENV)/bin/ruff check nca_adv experiments tests benchmarks examples
+	$(VENV)/bin/ruff format --check nca_adv experiments tests benchmarks examples
 
 bench: setup
 	$(PY) -m benchmarks.bench_growing

@@ -41,6 +41,7 @@ flags.DEFINE_bool("browser", True, "Also measure through headless Chromium.")
 flags.DEFINE_string("screenshots", None, "Write mnist.png and lizard.png here.")
 flags.DEFINE_bool("markdown", False, "Also print a markdown table.")
 flags.DEFINE_list("server_args", [], "Extra flags for experiments.playground.")
+flags.DEFINE_bool("in_process", True, "Also time a session's frame in this process.")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,8 +300,69 @@ def screenshots(url: str, folder: Path) -> None:
         driver.quit()
 
 
+def session_costs() -> list[dict]:
+    """The server's own work per frame, in this process (no socket, no browser): wall and
+    CPU milliseconds of ``tick`` + ``frame`` (the steps, the view, the packing), after a
+    compile. CPU time does not count the waits for a busy machine's cores."""
+    from nca_adv.playground import models, sessions
+
+    mnist_models, lizard_models = models.load_mnist_models(), models.load_lizard_models()
+    out = []
+    for scenario, speed in (
+        ("mnist", 1),
+        ("mnist+adversaries", 1),
+        ("lizard", 2),
+        ("lizard+tail+adversaries", 2),
+    ):
+        if scenario.startswith("mnist"):
+            s = sessions.MnistSession(mnist_models, speed=speed)
+            s.load_digit(3)
+            if scenario.endswith("adversaries"):
+                s.handle(
+                    json.dumps(
+                        {
+                            "type": "adversary",
+                            "cells": [[r, c] for r in range(4, 24, 3) for c in range(6, 22, 3)],
+                        }
+                    )
+                )
+        else:
+            s = sessions.LizardSession(lizard_models, speed=speed)
+            if scenario.endswith("adversaries"):
+                s.set_ks(tail=1.0)
+                s.perturb_on = True
+                for j, name in enumerate(s.adversary_names):
+                    cells = [[r, c] for r in range(24 + j, 48, 3) for c in range(24, 48, 3)]
+                    s.handle(json.dumps({"type": "adversary", "name": name, "cells": cells}))
+        s.playing = True
+        for _ in range(5):  # compile, warm up
+            s.tick(), s.frame()
+        wall, cpu = [], []
+        for _ in range(100):
+            w0, c0 = time.perf_counter(), time.process_time()
+            s.tick(), s.frame()
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+        cpu_ms = 1000 * statistics.median(cpu)
+        out.append(
+            {
+                "client": "in-process",
+                "scenario": scenario,
+                "steps_per_frame": speed,
+                "frame_wall_ms": round(1000 * statistics.median(wall), 2),
+                "frame_cpu_ms": round(cpu_ms, 2),
+                "steps_per_cpu_s": round(1000 * speed / max(cpu_ms, 1e-3), 1),
+                "adversaries": getattr(s, "adversary_names", None),
+            }
+        )
+        emit(out[-1])
+    return out
+
+
 def main(argv):
     del argv
+    if FLAGS.in_process:
+        session_costs()
     proc, url, startup = start_server()
     try:
         records = [

@@ -53,6 +53,14 @@ flags.DEFINE_integer("opt_keys", 1, "Optimisation keys (PRNG streams of the CA).
 flags.DEFINE_integer("eval_keys", 2, "Held-out keys the results are measured on.")
 flags.DEFINE_integer("iterations", 4, "Projected-Adam iterations on the relaxed mask.")
 flags.DEFINE_float("lr", 0.1, "Step of the relaxed descent: the largest change of one cell's m.")
+flags.DEFINE_enum(
+    "start",
+    "uniform",
+    ["uniform", "random"],
+    "Relaxation's start: k spread evenly over the eligible cells, or a random k-cell "
+    "placement (then --lr=1 makes the gradient step swap the cells it rates worst for the "
+    "ones it rates best).",
+)
 flags.DEFINE_integer("rounds", 4, "Greedy swap rounds (one proposal per problem each).")
 flags.DEFINE_integer("random_draws", 8, "Random placements per budget.")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
@@ -101,8 +109,11 @@ def main(argv):
 
 def _optimise(objective_relaxed, objective_discrete, eligible, k, key):
     """Relax, top-k, greedy: the discrete masks and what each stage reached."""
+    m0 = None
+    if FLAGS.start == "random":
+        m0 = P.random_masks(jax.random.fold_in(key, 7), eligible, k)
     relaxation = P.optimise_relaxed(
-        objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr, log=_log
+        objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr, m0, log=_log
     )
     masks = P.top_k_mask(relaxation.m, eligible, k)
     refined = P.greedy_swaps(
@@ -266,12 +277,9 @@ def _growing() -> dict:
         jax.random.fold_in(key, 1),
     )
     grown_eval = P.grow_lizards(base, h, w, eval_keys, FLAGS.grow_first)
-    loss = np.asarray(P.growing_losses(base, adv, grown_eval, masks, eval_keys, target_j, steps))[
-        :, 0
-    ]
-    loss_o = np.asarray(
-        P.growing_losses(base, adv, grown_eval, masks, eval_keys, jnp.asarray(original), steps)
-    )[:, 0]
+    finals = P.growing_finals(base, adv, grown_eval, masks, eval_keys, steps)[:, 0]
+    loss = np.asarray(growing.growing_loss(finals, target_j))
+    loss_o = np.asarray(growing.growing_loss(finals, jnp.asarray(original)))
     # random placements: eval_growing's protocol on the same keys (its own masks, p = share)
     p = k / n_eligible if float(FLAGS.budget[0]) >= 1 else float(FLAGS.budget[0])
     rnd = adversary_eval.growing_attack(
@@ -294,6 +302,8 @@ def _growing() -> dict:
         "opt_keys": FLAGS.opt_keys,
         "eval_keys": FLAGS.eval_keys,
         "iterations": FLAGS.iterations,
+        "lr": FLAGS.lr,
+        "start": FLAGS.start,
         "rounds": FLAGS.rounds,
         "seed": FLAGS.seed,
         "loss": float(loss.mean()),
@@ -309,20 +319,14 @@ def _growing() -> dict:
         np.savez_compressed(
             Path(FLAGS.out_dir, "placement_growing.npz"), mask=np.asarray(masks[0]), relaxed=m[0]
         )
-        _growing_picture(base, adv, grown_eval[0], np.asarray(masks[0]), eval_keys[0], steps)
+        _growing_picture(np.asarray(grown_eval[0]), np.asarray(masks[0]), np.asarray(finals[0]))
     return out
 
 
-def _growing_picture(base, adv, grown, mask, key, steps, zoom=4):
-    """Grown lizard with the chosen cells marked, and the lizard ``steps`` later."""
-    k_run = jax.random.split(key, 3)[2]
-    mixed = adversaries.with_adversaries(lambda x, k: growing.growing_step(adv, x, k), mask)(
-        lambda x, k: growing.growing_step(base, x, k)
-    )
-    from nca_adv.models.rollout import scan_steps
-
-    final = np.asarray(jax.jit(lambda x: scan_steps(mixed, x, k_run, steps))(grown))
-    before = video.zoom(video.to_uint8(video.rgba_to_rgb(np.asarray(grown))), zoom)
+def _growing_picture(grown, mask, final, zoom=4):
+    """The grown lizard with the chosen cells marked, and the lizard after the attack
+    (held-out key 0)."""
+    before = video.zoom(video.to_uint8(video.rgba_to_rgb(grown)), zoom)
     before = video.mark_cells(before, mask[..., 0] > 0, zoom)
     after = video.zoom(video.to_uint8(video.rgba_to_rgb(final)), zoom)
     video.save_image(

@@ -259,7 +259,6 @@ def _export(model: Model, summary: dict, assets: Path) -> list[str]:
 # the end, or results not yet recorded) or finished (FINISHED written after its results).
 # ``--resume`` starts the first afresh, resumes the second and skips the third.
 FINISHED = "finished.json"
-BASES = ("lizard", "mnist")  # the models the attacks are trained on
 
 
 def _committed_steps(folder: Path) -> list[int]:
@@ -334,6 +333,10 @@ class _Bases(dict):
         self[name] = result
         self.workdir_results.add(result)
 
+    def get(self, name: str, default: str | None = None) -> str | None:
+        # dict.get skips __missing__: a model this preset trains resolves as bases[name]
+        return self[name] if name in self or name in self.trained_here else default
+
     def __missing__(self, name: str) -> str:
         folder = self.root / name
         if name in self.trained_here:
@@ -357,12 +360,14 @@ class _Bases(dict):
 
 
 def _relative_base(job: jobs.Job, folder: Path, bases: _Bases) -> jobs.Job:
-    """A base trained in this workdir is recorded in config.json relative to the model's
-    folder (``../lizard/params.npz``): a copied or moved workdir still resumes."""
-    base = job.config.get("base")
-    if base not in bases.workdir_results:
-        return job
-    return job._replace(config={**job.config, "base": os.path.relpath(base, folder)})
+    """A base (or starting adversary) trained in this workdir is recorded in config.json
+    relative to the model's folder (``../lizard/params.npz``): a copied or moved workdir
+    still resumes."""
+    config = {
+        k: os.path.relpath(v, folder) if isinstance(v, str) and v in bases.workdir_results else v
+        for k, v in job.config.items()
+    }
+    return job._replace(config=config)
 
 
 def _check_start(selected: list[Model], root: Path) -> None:
@@ -439,7 +444,7 @@ def main(argv):
     rows, results = [], {}
     for model in selected:
         summary, seconds, skipped = _train_model(model, ps, root, bases, mesh)
-        if model.name in BASES:
+        if len(summary) == 1:  # a base of the models after it
             bases.set_trained(model.name, next(iter(summary.values()))["result"])
         iterations = model.iterations(ps)
         for run, info in summary.items():

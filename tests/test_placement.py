@@ -203,3 +203,49 @@ def test_launch_mnist_tiny(tmp_path, subprocess_env):
     saved = np.load(tmp_path / "placement_mnist.npz")
     assert (saved["masks_2"].sum((1, 2, 3)) == 2).all()
     assert (tmp_path / "placement_mnist_8cells.png").is_file()
+
+
+def test_report_part_reads_shipped_placements(tmp_path, monkeypatch):
+    from experiments import report_beyond
+    from nca_adv.media import report
+
+    row = {
+        "budget": 0.01,
+        "cells": 8,
+        "cells_voting_target": 0.99,
+        "digits_hijacked": 1.0,
+        "random_cells_voting_target": 0.4,
+        "random_digits_hijacked": 0.38,
+        "random_live_cells_voting_target": 0.9,
+        "random_live_digits_hijacked": 0.95,
+    }
+    mnist_run = {
+        "num_digits": 3,
+        "steps": 200,
+        "eval_keys": 1,
+        "random_draws": 8,
+        "by_budget": [row],
+        "fewest_cells_hijacking_half_the_digits": 8,
+    }
+    growing_run = {
+        "model": "lizard",
+        "cells": 44,
+        "eligible_cells": 444,
+        "budget": 0.1,
+        "grow_first": 200,
+        "padding": 24,
+        "steps": 500,
+        "eval_keys": 6,
+        "loss": 0.001,
+        "loss_per_run": [0.001],
+        "random_loss": 0.003,
+        "random_loss_per_run": [0.003],
+    }
+    (tmp_path / "placement_mnist_shipped.json").write_text(json.dumps(mnist_run))
+    (tmp_path / "placement_growing_authors.json").write_text(json.dumps(growing_run))
+    monkeypatch.setattr(report_beyond, "RESULTS", tmp_path)
+    rep = report.HtmlReport(tmp_path / "out" / "report.html", "t")
+    got = report_beyond.placement_part(rep, tmp_path / "out", None, jax.random.PRNGKey(0))
+    assert got["placement_shipped_8_cells_voting_target"] == 0.99
+    assert got["placement_growing_authors_loss"] == 0.001
+    assert "best k cells" in rep.write().read_text()

@@ -60,13 +60,20 @@ def test_smoke_preset_trains_exports_and_resumes(tmp_path):
     for name in ("tail", "leg", "arm", "head", "red", "blue"):
         a = perturbation.load_matrix(str(assets / "perturbations" / f"{name}.npy"))
         np.testing.assert_allclose(a, a.T)
-    # The attacks were trained on the base models trained before them.
+    # The attacks were trained on the base models trained before them, recorded relative
+    # to the model's folder (a moved workdir resumes), with their content hashes.
     cfg = json.loads((tmp_path / "runs" / "mnist_adversary" / "config.json").read_text())
-    assert cfg["base"].endswith("mnist/params.npz")
+    assert cfg["base"] == "../mnist/params.npz" and "base" in cfg["inputs"]
+    cfg = json.loads((tmp_path / "runs" / "mnist_hardened" / "config.json").read_text())
+    assert (cfg["base"], cfg["adversary"]) == (
+        "../mnist/params.npz",
+        "../mnist_adversary/params.npz",
+    )
     cfg = json.loads((tmp_path / "runs" / "mnist_hardened_adversary" / "config.json").read_text())
-    assert cfg["base"].endswith("mnist_hardened/params.npz")
+    assert cfg["base"] == "../mnist_hardened/params.npz"
     # --resume over finished runs trains nothing more and gives the same results.
     again = _launch(*args, "--resume", "--only=lizard")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["models"]["lizard"]["skipped"]
     lines = (tmp_path / "runs" / "lizard" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3]

@@ -158,6 +158,36 @@ def random_masks(key: jax.Array, eligible: jax.Array, k: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- optimisers
+def as_pytree(objective: Objective) -> jax.tree_util.Partial:
+    """``objective`` as a pytree (:class:`jax.tree_util.Partial`): passed to a jitted
+    function, its arrays are arguments, not constants (XLA would constant-fold the
+    digits' cell sorting at every compilation), and one compiled program serves every
+    objective of the same shapes."""
+    if isinstance(objective, jax.tree_util.Partial):
+        return objective
+    return jax.tree_util.Partial(objective)
+
+
+@jax.jit
+def _relaxed_step(m, objective, eligible, k, lr):
+    """One step of :func:`optimise_relaxed` (k and lr traced: one program for all budgets)."""
+
+    def total(m):
+        losses = objective(m)
+        return losses.sum(), losses
+
+    (_, losses), g = jax.value_and_grad(total, has_aux=True)(m)
+    axes = tuple(range(1, m.ndim))
+    g = jnp.where(eligible > 0, g, 0.0)
+    g = g / (jnp.abs(g).max(axes, keepdims=True) + 1e-30)
+    return project_budget(m - lr * g, eligible, k), losses
+
+
+@jax.jit
+def _evaluate(objective, masks):
+    return objective(masks)
+
+
 class Relaxation(NamedTuple):
     """The relaxed solution (B, H, W, 1) and the loss (iterations, B) before each update."""
 
@@ -184,22 +214,10 @@ def optimise_relaxed(
     help most); with a few iterations, that is all there is. Deterministic.
     """
     m = project_budget(uniform_start(eligible, k) if m0 is None else m0, eligible, k)
-    axes = tuple(range(1, m.ndim))
-
-    @jax.jit
-    def step(m):
-        def total(m):
-            losses = objective(m)
-            return losses.sum(), losses
-
-        (_, losses), g = jax.value_and_grad(total, has_aux=True)(m)
-        g = jnp.where(eligible > 0, g, 0.0)
-        g = g / (jnp.abs(g).max(axes, keepdims=True) + 1e-30)
-        return project_budget(m - lr * g, eligible, k), losses
-
+    objective = as_pytree(objective)
     history = []
     for i in range(iterations):
-        m, losses = step(m)
+        m, losses = _relaxed_step(m, objective, eligible, jnp.float32(k), jnp.float32(lr))
         history.append(losses)
         if log is not None:
             log(f"relaxed iteration {i + 1}/{iterations}: loss {float(losses.mean()):.5g}")
@@ -250,12 +268,12 @@ def greedy_swaps(
     where ``objective`` (the mean loss over the optimisation keys) falls. The budget and
     the eligible set are preserved by construction."""
     preference = jnp.zeros_like(masks) if preference is None else preference
-    objective = jax.jit(objective)
-    loss = objective(masks)
+    objective = as_pytree(objective)
+    loss = _evaluate(objective, masks)
     kept = jnp.zeros(masks.shape[0], jnp.int32)
     for r in range(rounds):
         trial = propose_swaps(jax.random.fold_in(key, r), masks, eligible, preference)
-        trial_loss = objective(trial)
+        trial_loss = _evaluate(objective, trial)
         better = trial_loss < loss
         masks = jnp.where(better[:, None, None, None], trial, masks)
         loss = jnp.where(better, trial_loss, loss)
@@ -374,17 +392,19 @@ def mnist_rollouts(
     return jax.vmap(lambda key: jax.vmap(one, (None, 0, 0, 0))(key, images, masks, ids))(keys)
 
 
+def _mnist_objective(base, adv, images, ids, keys, masks, *, steps, k, adv_cells, target):
+    losses, _ = mnist_rollouts(
+        base, adv, images, masks, keys, ids, steps, k, adv_cells, adv_cells is None, target
+    )
+    return losses.mean(0)
+
+
 def mnist_objective(base, adv, images, ids, keys, steps: int, k: int, adv_cells, target=8):
     """Objective for the optimisers: masks -> (B,) mean loss over ``keys``; ``adv_cells``
-    None: relaxed (rematerialised, for gradients), else the discrete sparse step."""
-
-    def objective(masks):
-        losses, _ = mnist_rollouts(
-            base, adv, images, masks, keys, ids, steps, k, adv_cells, adv_cells is None, target
-        )
-        return losses.mean(0)
-
-    return objective
+    None: relaxed (rematerialised, for gradients), else the discrete sparse step. A
+    pytree (:func:`as_pytree`): the arrays travel as arguments."""
+    fn = functools.partial(_mnist_objective, steps=steps, k=k, adv_cells=adv_cells, target=target)
+    return jax.tree_util.Partial(fn, base, adv, images, ids, keys)
 
 
 def vote_metrics(counts: np.ndarray, target: int = adversaries.MNIST_TARGET) -> dict:
@@ -419,11 +439,11 @@ def grow_lizards(base, h: int, w: int, keys: jax.Array, grow_first: int) -> jax.
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "relaxed", "remat"))
-def growing_losses(base, adv, grown, masks, keys, target, steps: int, relaxed=False, remat=False):
-    """(R, B) RGBA MSE to ``target`` after ``steps`` mixed steps from the grown lizards
-    ``grown`` (R, H, W, 16) under masks (B, H, W, 1); run r uses the run key of
-    ``keys[r]`` as :func:`adversary_eval.growing_attack` (its mask key is not used: the
-    mask is the placement)."""
+def growing_finals(base, adv, grown, masks, keys, steps: int, relaxed=False, remat=False):
+    """(R, B, H, W, 16) states after ``steps`` mixed steps from the grown lizards ``grown``
+    (R, H, W, 16) under masks (B, H, W, 1); run r uses the run key of ``keys[r]`` as
+    :func:`adversary_eval.growing_attack` (its mask key is not used: the mask is the
+    placement)."""
 
     def one(x, key, mask):
         k_run = jax.random.split(key, 3)[2]
@@ -431,17 +451,23 @@ def growing_losses(base, adv, grown, masks, keys, target, steps: int, relaxed=Fa
         step = transform(lambda x, k: growing.growing_step(adv, x, k), mask)(
             lambda x, k: growing.growing_step(base, x, k)
         )
-        return growing.growing_loss(scan_steps(step, x, k_run, steps, remat=remat), target)
+        return scan_steps(step, x, k_run, steps, remat=remat)
 
     return jax.vmap(lambda x, key: jax.vmap(lambda m: one(x, key, m))(masks))(grown, keys)
 
 
+def growing_losses(base, adv, grown, masks, keys, target, steps: int, relaxed=False, remat=False):
+    """(R, B) RGBA MSE to ``target`` of :func:`growing_finals`."""
+    finals = growing_finals(base, adv, grown, masks, keys, steps, relaxed, remat)
+    return growing.growing_loss(finals, target)
+
+
+def _growing_objective(base, adv, grown, keys, target, masks, *, steps, relaxed):
+    return growing_losses(base, adv, grown, masks, keys, target, steps, relaxed, relaxed).mean(0)
+
+
 def growing_objective(base, adv, grown, keys, target, steps: int, relaxed: bool):
-    """Objective for the optimisers: masks (B, H, W, 1) -> (B,) mean loss over the runs."""
-
-    def objective(masks):
-        return growing_losses(base, adv, grown, masks, keys, target, steps, relaxed, relaxed).mean(
-            0
-        )
-
-    return objective
+    """Objective for the optimisers: masks (B, H, W, 1) -> (B,) mean loss over the runs
+    (a pytree, as :func:`mnist_objective`)."""
+    fn = functools.partial(_growing_objective, steps=steps, relaxed=relaxed)
+    return jax.tree_util.Partial(fn, base, adv, grown, keys, target)

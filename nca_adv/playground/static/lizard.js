@@ -180,7 +180,7 @@ function buildTools(msg) {
     b.textContent = "Adversary brush";
     tools.append(b);
     note.textContent =
-      "No growing adversary is available: none is shipped and ../shared/reference is absent (see --growing_adversary).";
+      "No growing adversary is available: none is shipped, ../shared/reference is absent, or the server was started with --growing_adversary=none.";
   }
 }
 
