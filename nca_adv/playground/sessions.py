@@ -217,7 +217,7 @@ class MnistSession(Session):
     size = 28
 
     def __init__(
-        self, models: MnistModels, seed: int = 0, run_key: jax.Array | None = None, speed=1
+        self, models: MnistModels, seed: int = 0, run_key: jax.Array | None = None, speed=2
     ):
         self.models = models
         self._base = architecture.bind(models.base, "mnist")
@@ -393,7 +393,7 @@ class LizardSession(Session):
     kind = "lizard"
 
     def __init__(
-        self, models: LizardModels, seed: int = 0, run_key: jax.Array | None = None, speed=2
+        self, models: LizardModels, seed: int = 0, run_key: jax.Array | None = None, speed=4
     ):
         self.models = models
         self.h, self.w = models.targets[COMPLETE].shape[:2]
