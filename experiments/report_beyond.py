@@ -184,7 +184,7 @@ def _placement_mnist(rep, out: Path, runs: dict) -> dict:
                     else "",
                 ]
             )
-            tag = f"placement_{name.rstrip(chr(39))}_{b['cells']}"
+            tag = f"placement_{name.rstrip(chr(39))}_{b['budget']:g}"
             result[f"{tag}_cells_voting_target"] = b["cells_voting_target"]
             result[f"{tag}_random_cells_voting_target"] = b["random_cells_voting_target"]
         fewest = r.get("fewest_cells_hijacking_half_the_digits")
@@ -220,7 +220,7 @@ def _placement_mnist(rep, out: Path, runs: dict) -> dict:
     return result
 
 
-def _placement_digits_picture(out: Path, name: str, npz: str, n: int = 12, zoom: int = 5):
+def _placement_digits_picture(out: Path, name: str, npz: str, n: int = 12, zoom: int = 8):
     """Digits (columns) with the chosen cells marked, one row per budget, from the masks."""
     from nca_adv.io import data
     from nca_adv.media import video
@@ -233,7 +233,8 @@ def _placement_digits_picture(out: Path, name: str, npz: str, n: int = 12, zoom:
         images = data.to_float(data.load_mnist().test_images[saved["digits"][:n]])
     except (OSError, ValueError):
         return None
-    grey = video.zoom(video.to_uint8(np.repeat(1.0 - images[..., None], 3, -1)), zoom)
+    # digits in light grey so that the magenta cells stand out
+    grey = video.zoom(video.to_uint8(np.repeat(1.0 - 0.5 * images[..., None], 3, -1)), zoom)
     ks = sorted(int(f.split("_")[1]) for f in saved.files if f.startswith("masks_"))
     tiles = [video.mark_cells(grey, saved[f"masks_{k}"][:n, ..., 0] > 0, zoom) for k in ks]
     grid = video.image_grid(np.concatenate(tiles), cols=n)

@@ -246,6 +246,6 @@ def test_report_part_reads_shipped_placements(tmp_path, monkeypatch):
     monkeypatch.setattr(report_beyond, "RESULTS", tmp_path)
     rep = report.HtmlReport(tmp_path / "out" / "report.html", "t")
     got = report_beyond.placement_part(rep, tmp_path / "out", None, jax.random.PRNGKey(0))
-    assert got["placement_shipped_8_cells_voting_target"] == 0.99
+    assert got["placement_shipped_0.01_cells_voting_target"] == 0.99
     assert got["placement_growing_authors_loss"] == 0.001
     assert "best k cells" in rep.write().read_text()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -544,13 +545,35 @@ class LizardSession(Session):
 
 
 def warm_up(mnist_models: MnistModels | None, lizard_models: LizardModels | None) -> None:
-    """Compile every session program once (all sessions share them)."""
-    if mnist_models is not None:
+    """Compile every program a session runs (the steps, the views, the edits: all shared
+    by every session), the two kinds in parallel threads, so that no click waits for a
+    compilation."""
+
+    def act(session: Session, **action) -> None:
+        error = session.handle(json.dumps(action))
+        if error:
+            raise RuntimeError(f"warm-up action {action} refused: {error['message']}")
+
+    def mnist_programs():
         s = MnistSession(mnist_models)
         s.load_digit(0)
-        s._advance(1)
+        act(s, type="paint", cells=[[0, 0, 1.0]], blend="max")
+        if mnist_models.adversary is not None:
+            act(s, type="adversary", cells=[[1, 1]])
+        act(s, type="step", n=1)
         s.frame()
-    if lizard_models is not None:
+
+    def lizard_programs():
         s = LizardSession(lizard_models)
-        s._advance(1)
+        act(s, type="cut", row=0, col=0, radius=1)
+        for name in list(s.ks)[:1]:
+            act(s, type="k", name=name, value=0.5)
+        for name in s.adversary_names[:1]:
+            act(s, type="adversary", name=name, cells=[[0, 0]])
+        act(s, type="step", n=1)
         s.frame()
+
+    jobs = [fn for fn, m in ((mnist_programs, mnist_models), (lizard_programs, lizard_models)) if m]
+    with ThreadPoolExecutor(len(jobs) or 1) as pool:
+        for future in [pool.submit(fn) for fn in jobs]:
+            future.result()
