@@ -236,7 +236,12 @@ def _placement_digits_picture(out: Path, name: str, npz: str, n: int = 12, zoom:
     # digits in light grey so that the magenta cells stand out
     grey = video.zoom(video.to_uint8(np.repeat(1.0 - 0.5 * images[..., None], 3, -1)), zoom)
     ks = sorted(int(f.split("_")[1]) for f in saved.files if f.startswith("masks_"))
-    tiles = [video.mark_cells(grey, saved[f"masks_{k}"][:n, ..., 0] > 0, zoom) for k in ks]
+
+    def mark(masks):  # whole cells in magenta (a dot is lost at the page's scale)
+        spots = np.kron(masks[:n, ..., 0] > 0, np.ones((1, zoom, zoom), bool))
+        return np.where(spots[..., None], video.MARK_COLOUR, grey).astype(np.uint8)
+
+    tiles = [mark(saved[f"masks_{k}"]) for k in ks]
     grid = video.image_grid(np.concatenate(tiles), cols=n)
     return video.save_image(out / f"beyond_placement_{name.rstrip(chr(39))}.png", grid)
 

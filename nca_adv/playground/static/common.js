@@ -174,6 +174,7 @@ export function wireTransport(session, onPalette) {
   palette.value = savedPalette();
   palette.addEventListener("change", () => {
     savePalette(palette.value);
+    palette.blur(); // the page's keys (digits, space) work again at once
     session.send({ type: "palette", name: palette.value });
     onPalette && onPalette(palette.value);
   });

@@ -148,6 +148,7 @@ function buildTargets(msg) {
   select.value = msg.target;
   select.addEventListener("change", (ev) => {
     history.length = 0;
+    select.blur();
     session.send({ type: "target", name: select.value }, ev.timeStamp);
   });
 }
