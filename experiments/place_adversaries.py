@@ -3,9 +3,12 @@ measured on held-out keys against random placements at the same budget.
 
   python -m experiments.place_adversaries --kind=mnist --model=mnist \
       --adversary=mnist_adversary --budget=1,2,4,8,0.01 --num_digits=100 --out_dir=out/place
-  python -m experiments.place_adversaries --kind=growing --model=lizard \
-      --adversary=../shared/reference/original/no_tail_model.json --budget=0.1 \
-      --target=lizard_no_tail --padding=24 --grow_first=200 --steps=500 --eval_keys=6
+  R=../shared/reference
+  python -m experiments.place_adversaries --kind=growing \
+      --model=$R/original/growing_lizard_base_model.json \
+      --adversary=$R/original/no_tail_model.json --budget=0.1 \
+      --target=$R/targets/lizard_no_tail.png --original_target=$R/targets/lizard_complete.png \
+      --padding=24 --grow_first=200 --steps=500 --eval_keys=6 --start=random --lr=1
 
 A budget >= 1 counts cells, a budget in (0, 1) is a share (MNIST: of the 784 grid cells,
 as the article's masks; growing: of the mutated target's cells). The last stdout line is

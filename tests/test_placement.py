@@ -249,3 +249,40 @@ def test_report_part_reads_shipped_placements(tmp_path, monkeypatch):
     assert got["placement_shipped_0.01_cells_voting_target"] == 0.99
     assert got["placement_growing_authors_loss"] == 0.001
     assert "best k cells" in rep.write().read_text()
+
+
+def test_launch_growing_tiny(tmp_path, subprocess_env):
+    # the lizard as its own adversary: any growing CA of the same architecture will do
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.place_adversaries",
+            "--kind=growing",
+            "--model=lizard",
+            "--adversary=lizard",
+            "--budget=0.05",
+            "--target=lizard_no_tail",
+            "--padding=0",
+            "--grow_first=3",
+            "--steps=3",
+            "--opt_keys=1",
+            "--eval_keys=2",
+            "--iterations=1",
+            "--rounds=1",
+            "--start=random",
+            "--lr=1",
+            f"--out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(optimise=False),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cells"] >= 1 and len(result["loss_per_run"]) == 2
+    assert np.isfinite(result["loss"]) and np.isfinite(result["random_loss"])
+    mask = np.load(tmp_path / "placement_growing.npz")["mask"]
+    assert mask.sum() == result["cells"]
+    assert (tmp_path / "placement_growing.png").is_file()
