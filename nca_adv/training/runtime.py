@@ -84,6 +84,22 @@ class _QuietOrbax(std_logging.Filter):
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
+class _QuietFailedReads(std_logging.Filter):
+    """Drop asyncio's late "Task exception was never retrieved" reports of orbax's failed
+    reads: they arrive when the failed tasks are garbage-collected, after the checkpoint's
+    one-line warning already said why it was skipped, as dozens of lines of tensorstore specs."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (
+            "exception was never retrieved" in text
+            and ("orbax" in text or "tensorstore" in text or "serialization" in text)
+        )
+
+
+std_logging.getLogger("asyncio").addFilter(_QuietFailedReads())
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back (missing, corrupt, or of another model)."""
 
