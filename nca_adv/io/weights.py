@@ -336,6 +336,11 @@ def _first_line(e: BaseException) -> str:
 
 def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
     """Params from a training workdir, its ``checkpoints`` folder, or one step folder."""
+    return _load_checkpoint_ca(path, kind).params
+
+
+def _load_checkpoint_ca(path: str | os.PathLike, kind: str) -> architecture.CA:
+    """The model and params of a checkpoint (see :func:`load_checkpoint_params`)."""
     import orbax.checkpoint as ocp
 
     _check_kind(kind)
@@ -390,7 +395,7 @@ def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
                 f"checkpoint {path} cannot be read: its content hash does not match the one "
                 "written with it (corrupt data)"
             )
-    return _checkpoint_ca(jax.tree.map(np.asarray, state["params"]), kind, path).params
+    return _checkpoint_ca(jax.tree.map(np.asarray, state["params"]), kind, path)
 
 
 def _checkpoint_ca(params, kind: str, path: Path) -> architecture.CA:
@@ -463,8 +468,3 @@ def load_ca(spec: str, kind: str) -> architecture.CA:
     raise ModelFormatError(
         f"{path}: unknown model format (expected .npz, .json or a checkpoint dir)"
     )
-
-
-def _load_checkpoint_ca(path: Path, kind: str) -> architecture.CA:
-    params = load_checkpoint_params(path, kind)
-    return _checkpoint_ca(params, kind, _checkpoint_dir(path))
