@@ -124,6 +124,16 @@ def float_list(name: str) -> list[float]:
     return number_list(name, float)
 
 
+def define_init_flag(what: str) -> None:
+    flags.DEFINE_string(
+        "init",
+        "none",
+        f"Where training starts: none (the recipe's own start), shipped (the shipped {what} of "
+        "the target: carry on from what is shipped) or a path; weights from it, a fresh "
+        "optimiser and pool.",
+    )
+
+
 def train_job(job) -> None:
     """The trainers' shared tail: train ``job`` on the common flags (one program for all
     its runs), save each run's result and print a JSON summary as the last stdout line."""

@@ -1,10 +1,12 @@
 """Train every model the package ships, resumably, and print a table of the results.
 
 python -m experiments.train_all --preset=paper --workdir=runs/paper [--resume] [--export]
-python -m experiments.train_all --preset=cpu --workdir=/work/runs/cpu [--resume]   # attacks, CPU
+python -m experiments.train_all --preset=cpu --workdir=/work/runs/ladder --resume --export  # ladder
 python -m experiments.train_all --preset=smoke --workdir=/tmp/smoke     # the same, tiny
 
-Models train in order (the attacks use the base models trained before them); each in
+``--preset=cpu`` is the training ladder (:mod:`experiments.ladder`): every growing attack
+carried on from what is shipped, judged by the report's protocol, and with ``--export``
+shipped only where it beats the shipped one. The other presets: models train in order (the attacks use the base models trained before them); each in
 ``WORKDIR/<model>/``. ``--resume`` continues whatever a kill left: finished models are
 skipped, a model with no checkpoint starts afresh, one part-way resumes bit for bit. ``--export`` installs the results into the package's assets
 (``nca_adv/assets/models/<name>.npz``, ``nca_adv/assets/perturbations/<name>.npy``) with
@@ -14,6 +16,7 @@ their loss curves. Adding a model is one line in :func:`models_of`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import common
+from experiments import common, ladder
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.errors import UserError
@@ -39,13 +42,18 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum(
     "preset",
     "paper",
-    ["paper", "cpu", "smoke"],
-    "paper: the article's scale; cpu: the growing attacks at what a 2-core CPU affords in a "
-    "session (BUILD_NOTES.md); smoke: tiny.",
+    ["paper", "cpu", "smoke", "ladder_smoke"],
+    "paper: the article's scale; cpu: the training ladder (each growing attack carried on "
+    "from what is shipped, shipped only when it beats it); smoke, ladder_smoke: tiny.",
 )
 flags.DEFINE_string("workdir", None, "Folder of the runs, one sub-folder per model.", required=True)
 flags.DEFINE_bool("resume", False, "Continue every model from its latest checkpoint.")
-flags.DEFINE_bool("export", False, "Install the results into the package's assets.")
+flags.DEFINE_bool(
+    "export",
+    False,
+    "Install the results into the package's assets (the ladder: only those that beat the "
+    "shipped ones on the report's protocol).",
+)
 flags.DEFINE_list("only", [], "Train only these models (default: all), comma-separated.")
 flags.DEFINE_integer(
     "iterations",
@@ -97,20 +105,14 @@ class Preset(NamedTuple):
     # from the trained base) and, after it, a fresh adversary against it (the adversary's
     # recipe and length, mnist_attack_iterations).
     hardened_iterations: int = 2000
+    # The MNIST attacks' and the hardened CA's recipe: the base's without its decays (set at
+    # 30k and 70k of the base's 100k iterations, after the attacks' last iteration).
+    mnist_attack: mnist.MnistTrainConfig = mnist.MnistTrainConfig(lr_decays_at=())
 
 
-_SMOKE = growing.GrowingTrainConfig(pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1)
-# The CPU preset (BUILD_NOTES.md, "Growing attacks on a CPU"): padding 16 (72x72), batch 4,
-# the adversaries started from the base's weights, the 136-parameter matrices at 5x the
-# article's rate (the authors' red/blue/head matrices sit 0.23-0.31 from I: 150+ Adam steps
-# at 2e-3; 40 iterations moved ours 0.05); the attacks only (bases: the shipped models), the weakest first.
-_CPU_ADVERSARY = growing.GrowingTrainConfig(
-    pool_size=256, batch_size=4, damage_n=1, lr_decay_at=600
+_SMOKE = growing.GrowingTrainConfig(
+    pool_size=8, batch_size=4, min_steps=2, max_steps=4, damage_n=1, lr_decay_at=1
 )
-_CPU_PERTURBATION = growing.GrowingTrainConfig(
-    pool_size=256, batch_size=4, damage_n=2, lr=1e-2, lr_decay_at=100
-)
-
 PRESETS = {
     "paper": Preset(
         growing.GrowingTrainConfig(),
@@ -119,35 +121,17 @@ PRESETS = {
         100_000,
         growing.GrowingTrainConfig(),
         8000,
-        growing.GrowingTrainConfig(),
+        growing.GrowingTrainConfig(lr_decay_at=100),  # 2e-3 for ~100 iterations, then 2e-4
         8000,
         2000,
         32,
         chunk=50,
         checkpoint_every=1000,
     ),
-    "cpu": Preset(
-        growing.GrowingTrainConfig(),
-        8000,
-        mnist.MnistTrainConfig(),
-        100_000,
-        _CPU_ADVERSARY,
-        300,
-        _CPU_PERTURBATION,
-        150,
-        2000,
-        16,
-        chunk=5,
-        checkpoint_every=10,
-        adversary_init="base",
-        red_fractions=(0.6,),
-        perturbation_groups=(("lizard_red", "lizard_blue"), ("lizard_no_tail", "lizard_no_leg", "lizard_no_arm", "lizard_no_head")),
-        models=("perturbations_red_blue", "lizard_red_adversary", "perturbations_tail_leg_arm_head", "lizard_no_tail_adversary", "lizard_red10_adversary"),
-    ),
     "smoke": Preset(
         _SMOKE,
         3,
-        mnist.MnistTrainConfig(pool_size=8, batch_size=4, steps=2, new_n=1, mutate_n=1),
+        mnist.MnistTrainConfig(pool_size=8, batch_size=4, steps=2, new_n=1, mutate_n=1, lr_decays_at=(1,)),
         3,
         _SMOKE,
         2,
@@ -158,6 +142,7 @@ PRESETS = {
         chunk=2,
         checkpoint_every=2,
         hardened_iterations=2,
+        mnist_attack=mnist.MnistTrainConfig(pool_size=8, batch_size=4, steps=2, new_n=1, mutate_n=1, lr_decays_at=(1,)),
     ),
 }  # fmt: skip
 
@@ -202,9 +187,9 @@ def models_of(ps: Preset) -> list[Model]:
     every = [
         Model("lizard", "growing", lambda ps, done, d: jobs.growing_job(["lizard"], [0], ps.growing, targets.TARGET_PADDING), lambda ps: ps.growing_iterations),
         Model("mnist", "mnist", lambda ps, done, d: jobs.mnist_job(d, [0], ps.mnist), lambda ps: ps.mnist_iterations),
-        Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
-        Model("mnist_hardened", "hardened", lambda ps, done, d: jobs.mnist_hardened_job(done["mnist"], done.get("mnist_adversary", "mnist_adversary"), d, [0], ps.mnist._replace(lr=3e-4)), lambda ps: ps.hardened_iterations),
-        Model("mnist_hardened_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done.get("mnist_hardened", "mnist_hardened"), d, [0.1], [0], ps.mnist), lambda ps: ps.mnist_attack_iterations),
+        Model("mnist_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done["mnist"], d, [0.1], [0], ps.mnist_attack), lambda ps: ps.mnist_attack_iterations),
+        Model("mnist_hardened", "hardened", lambda ps, done, d: jobs.mnist_hardened_job(done["mnist"], done.get("mnist_adversary", "mnist_adversary"), d, [0], ps.mnist_attack._replace(lr=3e-4)), lambda ps: ps.hardened_iterations),
+        Model("mnist_hardened_adversary", "mnist", lambda ps, done, d: jobs.mnist_adversary_job(done.get("mnist_hardened", "mnist_hardened"), d, [0.1], [0], ps.mnist_attack), lambda ps: ps.mnist_attack_iterations),
         Model("lizard_no_tail_adversary", "growing", _adversary("lizard_no_tail", [0.1]), adversary_its),
         Model("lizard_red_adversary", "growing", _adversary("lizard_red", lambda ps: list(ps.red_fractions)), adversary_its),
         Model("lizard_red10_adversary", "record", _adversary("lizard_red", [0.1]), adversary_its),
@@ -395,6 +380,23 @@ def _check_start(selected: list[Model], root: Path) -> None:
         )
 
 
+def _schedule_of(model: Model, ps: Preset) -> list[int]:
+    """The iterations at which ``model``'s learning rate decays under preset ``ps``."""
+    if model.name.startswith("mnist_"):
+        return list(ps.mnist_attack.lr_decays_at)
+    if model.name == "mnist":
+        return list(ps.mnist.lr_decays_at)
+    config = {"growing": ps.growing, "perturbation": ps.perturbation}.get(model.kind, ps.adversary)
+    config = ps.growing if model.name == "lizard" else config
+    return [config.lr_decay_at] if config.lr_decay != 1.0 else []
+
+
+def _check_schedules(selected: list[Model], ps: Preset) -> None:
+    """Refuse, before any training, a decay set after a model's last iteration."""
+    for m in selected:
+        runtime.check_schedule(m.name, _iterations(m, ps), _schedule_of(m, ps))
+
+
 def _iterations(model: Model, ps: Preset) -> int:
     return FLAGS.iterations or model.iterations(ps)
 
@@ -437,6 +439,8 @@ def _train_model(
 def main(argv):
     del argv
     common.configure_devices()
+    if FLAGS.preset in ("cpu", "ladder_smoke"):
+        return _run_ladder()
     ps = PRESETS[FLAGS.preset]
     models = models_of(ps)
     unknown = set(FLAGS.only) - {m.name for m in models}
@@ -449,6 +453,7 @@ def main(argv):
     root = common.check_output_dir(FLAGS.workdir, "workdir")
     if FLAGS.export:
         common.check_output_dir(FLAGS.assets, "assets")
+    _check_schedules(selected, ps)
     _check_start(selected, root)
     mesh = runtime.data_mesh(FLAGS.num_devices or None)
     bases = _Bases(root, {m.name for m in models}, {m.name: _iterations(m, ps) for m in models})
@@ -480,6 +485,44 @@ def main(argv):
     if distributed.is_main_process():
         runtime.write_atomic(root / "train_all.json", json.dumps(results, indent=1))
     common.print_result({"preset": FLAGS.preset, "workdir": str(root), "models": results})
+
+
+def _run_ladder() -> None:
+    """``--preset=cpu``: the training ladder, rung after rung (:mod:`experiments.ladder`)."""
+    smoke = FLAGS.preset == "ladder_smoke"
+    rungs = ladder.SMOKE_LADDER if smoke else ladder.LADDER
+    names = [r.name for r in rungs]
+    unknown = set(FLAGS.only) - set(names)
+    if unknown:
+        raise app.UsageError(f"--only: unknown rungs {sorted(unknown)}; known: {names}")
+    if FLAGS.iterations:
+        rungs = tuple(dataclasses.replace(r, iterations=FLAGS.iterations) for r in rungs)
+    selected = [r for r in rungs if not FLAGS.only or r.name in FLAGS.only]
+    ladder.check_schedules(selected)
+    root = common.check_output_dir(FLAGS.workdir, "workdir")
+    assets = Path(FLAGS.assets)
+    if FLAGS.export:
+        common.check_output_dir(FLAGS.assets, "assets")
+    mesh = runtime.data_mesh(FLAGS.num_devices or None)
+    chunk, every = (1, 1) if smoke else (5, 5)
+    results = {}
+    for rung in selected:
+        if not ladder.available(rung):
+            continue
+        progress = ladder.run_rung(
+            rung,
+            root,
+            chunk=chunk,
+            checkpoint_every=every,
+            mesh=mesh,
+            judge_runs=2 if smoke else None,
+        )
+        out = {"best": progress["best"], "yardstick": progress["yardstick"]}
+        if FLAGS.export and distributed.is_main_process():
+            out = ladder.export_if_better(rung, root, progress, assets, FLAGS.preset)
+        results[rung.name] = out
+        runtime.write_atomic(root / "ladder.json", json.dumps(results, indent=1) + "\n")
+    common.print_result({"preset": FLAGS.preset, "workdir": str(root), "rungs": results})
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ flags.DEFINE_list(
 common.define_training_flags(iterations=8000, checkpoint_every=100, chunk=10)
 common.define_growing_recipe_flags(padding=32)
 common.define_device_flags()
+common.define_init_flag("adversary")
 
 
 def main(argv):
@@ -42,6 +43,7 @@ def main(argv):
         common.int_list("seeds"),
         config,
         FLAGS.padding,
+        init_from=jobs.resolve_init(FLAGS.init, "adversary", FLAGS.target),
     )
     common.train_job(job)
 

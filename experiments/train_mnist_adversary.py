@@ -22,6 +22,7 @@ flags.DEFINE_integer("target_class", 8, "The digit every cell is pushed to vote.
 common.define_training_flags(iterations=2000, checkpoint_every=250, chunk=50)
 common.define_mnist_recipe_flags()
 common.define_device_flags()
+common.define_init_flag("adversary")
 
 
 def main(argv):
@@ -36,8 +37,19 @@ def main(argv):
         config,
         FLAGS.step_form,
         FLAGS.target_class,
+        init_from=_init(),
     )
     common.train_job(job)
+
+
+def _init() -> str | None:
+    """--init: none, shipped (the shipped adversary of the shipped base) or a path."""
+    if FLAGS.init != "shipped":
+        return None if FLAGS.init in ("", "none") else FLAGS.init
+    shipped = {"mnist": "mnist_adversary", "mnist_hardened": "mnist_hardened_adversary"}
+    if FLAGS.base not in shipped:
+        raise ValueError(f"--init=shipped needs --base in {sorted(shipped)}, got {FLAGS.base!r}")
+    return shipped[FLAGS.base]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ flags.DEFINE_float("adversary_lr", 1e-3, "The adversary's Adam learning rate.")
 common.define_training_flags(iterations=1000, checkpoint_every=50, chunk=10)
 common.define_mnist_recipe_flags()
 common.define_device_flags()
+common.define_init_flag("hardened CA (mnist_hardened)")
 flags.FLAGS.set_default("lr", 3e-4)  # the base starts trained: fine-tune it gently
 
 
@@ -35,8 +36,10 @@ def main(argv):
     del argv
     common.configure_devices()
     config = common.mnist_config_from_flags()
+    # --init: the hardened base training starts from (default: --base itself).
+    start = {"none": FLAGS.base, "": FLAGS.base, "shipped": "mnist_hardened"}.get(FLAGS.init, FLAGS.init)
     job = jobs.mnist_hardened_job(
-        FLAGS.base,
+        start,
         FLAGS.adversary,
         FLAGS.mnist_dir,
         common.int_list("seeds"),

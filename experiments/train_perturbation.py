@@ -23,14 +23,16 @@ flags.DEFINE_list(
 common.define_training_flags(iterations=8000, checkpoint_every=100, chunk=10)
 common.define_growing_recipe_flags(padding=32)
 common.define_device_flags()
+common.define_init_flag("matrix")
 
 
 def main(argv):
     del argv
     common.configure_devices()
     config = common.growing_config_from_flags(runs=len(FLAGS.target) * len(FLAGS.seeds))
+    init = jobs.resolve_init(FLAGS.init, "perturbation", FLAGS.target)
     job = jobs.perturbation_job(
-        FLAGS.base, FLAGS.target, common.int_list("seeds"), config, FLAGS.padding
+        FLAGS.base, FLAGS.target, common.int_list("seeds"), config, FLAGS.padding, init
     )
     common.train_job(job)
 

@@ -21,10 +21,42 @@ from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.io import data, targets
 from nca_adv.models import architecture, growing, mnist
-from nca_adv.training import distributed, engine, trainers
+from nca_adv.training import distributed, engine, runtime, trainers
 from nca_adv.training.fit import Run, fit, placement, run_dirs
 
 GROW_STEPS = 200  # the adversary and perturbation pools start from the lizard grown this long
+
+# The shipped attack of each mutated target: what ``init="shipped"`` carries on from.
+SHIPPED_PERTURBATIONS = {
+    "lizard_no_tail": "tail",
+    "lizard_no_leg": "leg",
+    "lizard_no_arm": "arm",
+    "lizard_no_head": "head",
+    "lizard_red": "red",
+    "lizard_blue": "blue",
+}
+SHIPPED_ADVERSARIES = {
+    "lizard_no_tail": "lizard_no_tail_adversary",
+    "lizard_red": "lizard_red_adversary",
+}
+
+
+def resolve_init(init: str | None, kind: str, target_specs: Sequence[str]) -> str | None:
+    """The starting point of an attack training: None or ``"none"`` (the recipe's own
+    start), ``"shipped"`` (the shipped attack of the one target: ``kind`` is
+    ``perturbation`` or ``adversary``) or a path / shipped name, returned as is."""
+    if init in (None, "", "none"):
+        return None
+    if init != "shipped":
+        return init
+    table = SHIPPED_PERTURBATIONS if kind == "perturbation" else SHIPPED_ADVERSARIES
+    names = {_target_name(t) for t in target_specs}
+    if len(names) != 1 or next(iter(names)) not in table:
+        raise ValueError(
+            f"init=shipped needs one target with a shipped {kind} ({sorted(table)}), "
+            f"got {sorted(names)}"
+        )
+    return table[next(iter(names))]
 
 
 class Job(NamedTuple):
@@ -121,12 +153,21 @@ def growing_adversary_job(
     config: growing.GrowingTrainConfig,
     padding: int,
     adversary_init: str = "fresh",
+    init_from: str | None = None,
 ) -> Job:
     """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
-    ``adversary_init`` see :func:`nca_adv.training.trainers.growing_adversary_recipe`."""
+    ``adversary_init`` see :func:`nca_adv.training.trainers.growing_adversary_recipe`;
+    ``init_from`` (a shipped name, ``.npz`` or workdir) starts every run from that
+    adversary's weights (a fresh optimiser and pool): training carries on from it."""
     for p in fractions:
         _check_fraction(p)
     base_params = io.load_model(base, "growing")
+    init_params = None
+    if init_from is not None:
+        from nca_adv.attacks import adversaries
+
+        init_params = adversaries.load_adversary(init_from, "growing", base_params)
+        adversary_init = "given"
     loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t], "fraction": np.float32(p)})
@@ -137,6 +178,9 @@ def growing_adversary_job(
     cfg.update(fractions=list(fractions), seeds=list(seeds), padding=padding, **config._asdict())
     if adversary_init != "fresh":  # recorded only when set, so older workdirs still resume
         cfg["adversary_init"] = adversary_init
+    if init_params is not None:
+        shared["init"] = init_params
+        cfg.update(init_from=init_from, init_sha256=_tree_hash(init_params))
     recipe = trainers.growing_adversary_recipe(config, adversary_init)
     return Job(recipe, shared, runs, cfg, _save_model("growing"))
 
@@ -147,8 +191,15 @@ def perturbation_job(
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
     padding: int,
+    init_from: str | None = None,
+    optimizer: str = "adam",
 ) -> Job:
-    """Global state perturbations of the Growing CA ``base``, one run per (target, seed)."""
+    """Global state perturbations of the Growing CA ``base``, one run per (target, seed).
+    ``init_from`` (a shipped name or ``.npy``) starts every run from that matrix instead
+    of the identity (a fresh optimiser and pool). ``optimizer``: ``adam`` (the article's:
+    per-variable normalised gradient, Adam at ``config.lr`` then ``lr * lr_decay`` from
+    ``lr_decay_at``) or ``ngd`` (normalised gradient descent: each step moves M by exactly
+    ``config.lr`` in Frobenius norm along the gradient, on the same schedule)."""
     base_params = io.load_model(base, "growing")
     loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
@@ -162,7 +213,27 @@ def perturbation_job(
     }
     cfg = {"trainer": "perturbation", "base": base, "targets": list(target_specs)}
     cfg.update(seeds=list(seeds), padding=padding, **config._asdict())
-    return Job(trainers.perturbation_recipe(config), shared, runs, cfg, _save_matrix)
+    if init_from is not None:
+        shared["init"] = np.asarray(perturbation.load_perturbation(init_from), np.float32)
+        cfg.update(init_from=init_from, init_sha256=_tree_hash(shared["init"]))
+    if optimizer not in runtime.OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {runtime.OPTIMIZERS}, got {optimizer!r}")
+    opt = None
+    if optimizer != "adam":  # recorded only when not the article's, so older workdirs resume
+        cfg["optimizer"] = optimizer
+        opt = runtime.normalized_descent(config.lr, {config.lr_decay_at: config.lr_decay})
+    recipe = trainers.perturbation_recipe(config, opt)
+    return Job(recipe, shared, runs, cfg, _save_matrix)
+
+
+def _tree_hash(tree) -> str:
+    """sha256 of a pytree's arrays: a starting point that changed is seen on resume."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()
 
 
 def mnist_cells(images: np.ndarray, step_form: str) -> int | None:
@@ -200,8 +271,11 @@ def mnist_adversary_job(
     step_form: str = "auto",
     target_class: int = 8,
     splits: data.MnistSplits | None = None,
+    init_from: str | None = None,
 ) -> Job:
-    """Adversarial cells for the MNIST CA ``base``: every digit votes ``target_class``."""
+    """Adversarial cells for the MNIST CA ``base``: every digit votes ``target_class``.
+    ``init_from`` (a shipped name, ``.npz`` or workdir) starts from that adversary's
+    weights with a fresh optimiser and pool."""
     for p in fractions:
         _check_fraction(p)
     if not 0 <= target_class < mnist.NUM_CLASSES:
@@ -216,6 +290,9 @@ def mnist_adversary_job(
     ]
     cfg = {"trainer": "mnist_adversary", "base": base, "fractions": list(fractions)}
     cfg.update(seeds=list(seeds), cells=cells, target_class=target_class, **config._asdict())
+    if init_from is not None:
+        shared["init"] = io.load_model(init_from, "mnist")
+        cfg.update(init_from=init_from, init_sha256=_tree_hash(shared["init"]))
     recipe = trainers.mnist_adversary_recipe(config, cells, target_class)
     return Job(recipe, shared, runs, cfg, _save_model("mnist"))
 

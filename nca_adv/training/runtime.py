@@ -45,6 +45,30 @@ def make_optimizer(
     return optax.chain(normalize_per_variable(), optax.adam(schedule, eps=1e-7))
 
 
+OPTIMIZERS = ("adam", "ngd")
+
+
+def normalized_descent(
+    step: float, boundaries_and_scales: dict[int, float]
+) -> optax.GradientTransformation:
+    """Normalised gradient descent: every parameter leaf moves by exactly ``step`` (on a
+    piecewise-constant schedule) in Frobenius norm against its gradient. For a matrix whose
+    loss falls only for small moves, this follows the consistent gradient direction with
+    a step that never overshoots, where Adam's per-coordinate steps can."""
+    schedule = optax.piecewise_constant_schedule(step, boundaries_and_scales)
+    return optax.chain(normalize_per_variable(), optax.scale_by_schedule(lambda i: -schedule(i)))
+
+
+def check_schedule(name: str, iterations: int, boundaries: list[int]) -> None:
+    """Refuse a learning-rate decay set after the last iteration (it would never happen)."""
+    late = [b for b in boundaries if b >= iterations]
+    if late:
+        raise ValueError(
+            f"{name}: learning-rate decay at iteration {late[0]} is after the last of its "
+            f"{iterations} iterations; set the decay inside the run"
+        )
+
+
 # ----------------------------------------------------------------------------- devices
 def data_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D mesh over the first ``num_devices`` devices (default: all), axis ``batch``.

@@ -149,7 +149,7 @@ def growing_recipe(
     )
 
 
-ADVERSARY_INITS = ("fresh", "base")
+ADVERSARY_INITS = ("fresh", "base", "given")
 
 
 def growing_adversary_recipe(
@@ -159,9 +159,9 @@ def growing_adversary_recipe(
 ) -> Recipe:
     """Adversarial cells for a frozen Growing CA: a CA of the same architecture runs
     on the cells of each sample's mask. ``init``: ``fresh`` (the article: new parameters,
-    last kernel zero) or ``base`` (start from a copy of the frozen base, so the adversary
-    begins as an ordinary cell that already speaks the lizard's hidden-channel language:
-    far fewer iterations on a CPU). Pool: copies of the grown lizard, each with its own
+    last kernel zero), ``base`` (a copy of the frozen base's weights) or ``given`` (the
+    weights in ``shared["init"]``: carry on from a shipped or earlier adversary with a
+    fresh optimiser and pool). Pool: copies of the grown lizard, each with its own
     mask (uniform < p AND alpha >= 0.1 of the mutated target); slot 0 := the grown lizard
     with a new mask; damage cuts the state, masks unchanged.
     shared: ``base`` params, ``grown`` (H, W, 16); run: ``target``, ``fraction`` p."""
@@ -177,6 +177,8 @@ def growing_adversary_recipe(
     def init_params(key, shared):
         if init == "base":
             return jax.tree.map(jnp.array, shared["base"])
+        if init == "given":
+            return jax.tree.map(jnp.array, shared["init"])
         # A fresh CA of the base's own architecture (any size, perception).
         return architecture.infer(shared["base"], "growing").init(key)
 
@@ -195,8 +197,10 @@ def perturbation_recipe(
     optimizer: optax.GradientTransformation | None = None,
 ) -> Recipe:
     """A global state perturbation A = (M + M^T)/2 of a frozen Growing CA, M from the
-    identity. Pool: half seeds, half grown lizards; slot 0 := seed, slot 1 := grown.
-    shared: ``base`` params, ``seed``, ``grown`` (H, W, 16); run: ``target``."""
+    identity, or from ``shared["init"]`` when given (a shipped or earlier matrix, which is
+    symmetric: training carries on from it). Pool: half seeds, half grown lizards; slot 0
+    := seed, slot 1 := grown. shared: ``base`` params, ``seed``, ``grown`` (H, W, 16);
+    run: ``target``."""
 
     def make_step(matrix, shared, batch):
         base = growing_step_of(shared["base"], config.fire_rate)
@@ -204,7 +208,11 @@ def perturbation_recipe(
 
     return growing_family(
         config,
-        init_params=lambda key, shared: perturbation.init_matrix(shared["seed"].shape[-1]),
+        init_params=lambda key, shared: (
+            jnp.array(shared["init"], jnp.float32)
+            if "init" in shared
+            else perturbation.init_matrix(shared["seed"].shape[-1])
+        ),
         make_step=make_step,
         pool_init=half_seed_half_grown_pool,
         fresh=lambda key, shared, run: {"x": jnp.stack([shared["seed"], shared["grown"]])},
@@ -248,6 +256,8 @@ def mnist_family(
         pool = {"x": mnist.seed_states(images), "label": labels}
         if masks is not None:
             pool["mask"] = masks(k_mask, shared, run, config.pool_size)
+        if "init" in shared:  # carry on from given weights (a shipped adversary, ...)
+            return jax.tree.map(jnp.array, shared["init"]), pool
         return mnist.init_mnist_params(k_params), pool
 
     def prepare(batch, shared, run, key):
