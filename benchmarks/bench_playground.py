@@ -223,7 +223,9 @@ def browser_scenarios(url: str) -> list[dict]:
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < FLAGS.seconds:
                 time.sleep(0.5)
-                rates.append(driver.execute_script("return window.ncaStats.stepsPerSecond"))
+                rate = driver.execute_script("return window.ncaStats.stepsPerSecond")
+                if rate is not None:  # null while paused or still measuring
+                    rates.append(rate)
             driver.execute_script("window.ncaStats.latencies = []")
             size = canvas.size["width"]
             for i in range(FLAGS.clicks):

@@ -12,7 +12,8 @@ Expected errors are:
   (``io.ModelFormatError``, ``training.CheckpointError``, ...);
 - absl usage errors and bad flag values;
 - missing, existing, unwritable or wrong-type files (``FileNotFoundError``,
-  ``FileExistsError``, ``IsADirectoryError``, ``NotADirectoryError``, ``PermissionError``);
+  ``FileExistsError``, ``IsADirectoryError``, ``NotADirectoryError``, ``PermissionError``)
+  and writes that fail for want of room (a full disk or quota, a read-only disk);
 - ``ValueError`` and ``KeyError`` raised by a ``raise`` statement of the project's own code
   (a check), not those raised inside numpy, JAX or another library, or by a failed lookup
   or unpacking in our code, which are bugs.
@@ -20,6 +21,7 @@ Expected errors are:
 
 from __future__ import annotations
 
+import errno
 import functools
 import linecache
 import logging as std_logging
@@ -38,9 +40,14 @@ from nca_adv.errors import UserError
 EXIT_BAD_INPUT = 2
 TRACEBACK_ENV = "NCA_ADV_TRACEBACK"
 
-_ROOT = Path(__file__).resolve().parents[1]
+# The project's source folders, wherever they are: in a clone (nca_adv/, experiments/,
+# benchmarks/ side by side) or installed (the launches as nca_adv/experiments/).
+_HERE = Path(__file__).resolve().parent
+_NCA_ADV = Path(sys.modules["nca_adv"].__file__).resolve().parent
 _PACKAGES = ("nca_adv", "experiments", "benchmarks")
-_OUR_FILES = tuple(str(_ROOT / p) + os.sep for p in _PACKAGES)
+_OUR_FILES = tuple(
+    dict.fromkeys(str(p) + os.sep for p in (_NCA_ADV, _HERE, _HERE.parent / "benchmarks"))
+)
 _ANYWHERE = (
     UserError,
     app.UsageError,
@@ -56,7 +63,8 @@ _ANYWHERE = (
     PermissionError,
 )
 _FROM_OUR_CODE = (ValueError, KeyError)
-SHARED_FLAG_MODULES = ("experiments.common",)
+_FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+SHARED_FLAG_MODULES = (f"{__package__}.common",)  # experiments or nca_adv.experiments
 
 
 # ----------------------------------------------------------------------------- start-up noise
@@ -92,6 +100,8 @@ def is_expected(e: BaseException) -> bool:
     """Whether ``e`` is bad input (one line, status 2) rather than a bug (traceback)."""
     if isinstance(e, _ANYWHERE):
         return True
+    if isinstance(e, OSError) and e.errno in _FULL_OR_READ_ONLY:
+        return True  # a full disk or a read-only one: the cause, not a bug
     if type(e).__module__.split(".")[0] in _PACKAGES:
         return True  # a project error class: raised on purpose, with a clear message
     return isinstance(e, _FROM_OUR_CODE) and _raised_by_our_check(e)
@@ -162,7 +172,7 @@ def _guarded(
 
 
 def _adopt_shared_flags() -> None:
-    """Show the flags that ``experiments.common`` defines for the launches (devices,
+    """Show the flags that ``common`` (this package's) defines for the launches (devices,
     training, recipes) in ``--help``, which lists only the main module's key flags."""
     main_module = sys.argv[0]
     for module in SHARED_FLAG_MODULES:
@@ -196,6 +206,11 @@ def _writable_folder(folder: Path, what: str) -> None:
     refuse files whatever the permission bits say."""
     a = folder.absolute()
     while not a.exists() and a != a.parent:
+        if a.is_symlink():  # mkdir would say "file exists"
+            raise UserError(
+                f"{what}: {a} is a symbolic link that leads nowhere (a loop of links, or its "
+                "target is missing)"
+            )
         a = a.parent
     if not a.is_dir():
         raise UserError(f"{what}: {a} is a file, not a folder")

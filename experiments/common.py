@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 from absl import app, flags
 
-from experiments.cli import check_memory, check_output_dir, check_output_file, run  # noqa: F401
+from .cli import check_memory, check_output_dir, check_output_file, run  # noqa: F401
 
 
 def define_device_flags() -> None:
@@ -186,6 +191,36 @@ def _define_lr(default: float, help_text: str) -> None:
     flags.DEFINE_float("lr", default, f"{help_text} In (0, 1].")
     flags.register_validator(
         "lr",
+        lambda v: v is not None and 0.0 < v <= 1.0,
+        message="the learning rate must lie in (0, 1]",
+    )
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (the same suffix: writers pick the format by it)
+    to write the output to; it is renamed to ``path`` when the block ends, and removed if
+    the block fails: a reader never sees a partial file, a full disk leaves the previous
+    one (or none) and no leftover."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:  # name the output, not the temporary file (or no file at all)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def define_rate_flag(name: str, default: float, help_text: str) -> None:
+    """A learning-rate flag, refused (one line) unless in (0, 1]: a negative rate ascends
+    the loss, 0 trains nothing, and nan never compares."""
+    flags.DEFINE_float(name, default, f"{help_text} In (0, 1].")
+    flags.register_validator(
+        name,
         lambda v: v is not None and 0.0 < v <= 1.0,
         message="the learning rate must lie in (0, 1]",
     )

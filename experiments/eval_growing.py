@@ -23,8 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import check_memory
-from experiments.common import check_output_file, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries, perturbation
 from nca_adv.evaluation import adversary_eval, guards, perturbation_eval
@@ -32,6 +30,9 @@ from nca_adv.io import targets
 from nca_adv.media import adversary_pictures, video
 from nca_adv.models import growing, masks
 from nca_adv.models.rollout import scan_steps
+
+from .cli import check_memory
+from .common import check_output_file, print_result, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

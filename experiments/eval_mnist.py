@@ -25,8 +25,6 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.cli import check_memory
-from experiments.common import check_output_file, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries
 from nca_adv.errors import UserError
@@ -34,6 +32,9 @@ from nca_adv.evaluation import adversary_eval
 from nca_adv.io import data
 from nca_adv.media import adversary_pictures, video
 from nca_adv.models import mnist
+
+from .cli import check_memory
+from .common import check_output_file, print_result, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments.common import check_output_dir, print_result, run
 from nca_adv import io
 from nca_adv.io.export import PACKAGE_MODELS, export_run
+
+from .common import check_output_dir, print_result, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

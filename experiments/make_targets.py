@@ -13,9 +13,10 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from experiments.common import check_output_dir, check_output_file, print_result, run
 from nca_adv.io import target_edits, targets
 from nca_adv.media import video
+
+from .common import check_output_dir, check_output_file, print_result, run
 
 FLAGS = flags.FLAGS
 

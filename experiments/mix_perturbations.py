@@ -18,13 +18,14 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli
-from experiments.common import print_result
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.evaluation import perturbation_eval
 from nca_adv.io import targets
 from nca_adv.media import video
+
+from . import cli
+from .common import print_result
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "lizard", "The CA: shipped name, .npz, TF.js .json or a workdir.")

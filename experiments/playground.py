@@ -17,10 +17,11 @@ import time
 
 from absl import flags, logging
 
-from experiments import cli
-from experiments.common import run
 from nca_adv.errors import UserError
-from nca_adv.playground import models, server, sessions
+from nca_adv.playground import models, sessions
+
+from . import cli
+from .common import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (others than 127.0.0.1 warn).")
@@ -67,8 +68,10 @@ def naming(flag_names: str):
 
 def main(argv):
     del argv
-    server.log_host_warning(FLAGS.host)
+    from nca_adv.playground import server  # aiohttp: the `playground` extra, one line if missing
+
     sock = server.bind(FLAGS.host, FLAGS.port)  # a taken port fails before any loading
+    server.log_host_warning(FLAGS.host)  # once the address is known to be one
     start = time.perf_counter()
     with naming("--mnist_model/--mnist_adversary/--mnist_dir"):
         mnist_models = models.load_mnist_models(
@@ -83,7 +86,9 @@ def main(argv):
         time.perf_counter() - start,
         lizard_models.sources["adversaries"] or "none available",
     )
-    playground = server.Playground(mnist_models, lizard_models, FLAGS.max_sessions, FLAGS.seed)
+    playground = server.Playground(
+        mnist_models, lizard_models, FLAGS.max_sessions, FLAGS.seed, host=FLAGS.host
+    )
     if FLAGS.warmup:
         start = time.perf_counter()
         sessions.warm_up(mnist_models, lizard_models)

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report_media as media
 from nca_adv import io
 from nca_adv.io import targets
 from nca_adv.media import report, video
 from nca_adv.models import growing, masks
+
+from . import report_media as media
 
 LIZARD_STEPS = 200  # grow for 200 steps; then 200 more, cut or not
 

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import report_media as media
 from nca_adv import io
 from nca_adv.io import data
 from nca_adv.media import report, video
 from nca_adv.models import mnist
+
+from . import report_media as media
 
 MNIST_STEPS, MNIST_SWAP_AT = 400, 200
 VIDEO_DIGITS = 16

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments.common import print_result, run
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.evaluation import perturbation_eval
@@ -27,10 +26,12 @@ from nca_adv.io import targets
 from nca_adv.media import report, video
 from nca_adv.models import growing
 
+from .common import print_result, run
+
 NAMES = perturbation.SHIPPED_NAMES  # tail, leg, arm, head, red, blue
 EDIT = {"tail": "no_tail", "leg": "no_leg", "arm": "no_arm", "head": "no_head"}
 EDIT.update(red="red", blue="blue")
-# The issue's yardstick: the authors' matrices on the authors' lizard, one numpy run.
+# Reference figures: the authors' matrices on the authors' lizard, one numpy run.
 YARDSTICK = {
     "tail": (0.00098, 0.0062),
     "leg": (0.0023, 0.0049),
@@ -142,8 +143,8 @@ def _setup_section(rep, out: Path, s: dict, key: jax.Array) -> dict:
         table.append([n, f"lizard_{EDIT[n]}", lm, lo, lm / lo, *ys])
     rep.text(
         f"From the seed, {STEPS} steps, {h}x{w} grid, perturbation on throughout; RGBA MSE of "
-        "one run (one key) to the mutated target and to the complete lizard. The issue's "
-        "yardstick is one numpy run of the original maths (8-run means and ranges: "
+        "one run (one key) to the mutated target and to the complete lizard. 'Reference': "
+        "one run of the original numpy maths on the authors' files (8-run means and ranges: "
         "BUILD_NOTES.md)."
     )
     rep.table(
@@ -153,8 +154,8 @@ def _setup_section(rep, out: Path, s: dict, key: jax.Array) -> dict:
             "loss to mutated",
             "loss to complete",
             "ratio",
-            "issue: mutated",
-            "issue: complete",
+            "reference: mutated",
+            "reference: complete",
         ],
         table,
     )

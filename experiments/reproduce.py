@@ -28,9 +28,10 @@ from pathlib import Path
 import jax
 from absl import flags, logging
 
-from experiments import common, report_lizard, report_mnist
-from experiments import report_media as media
 from nca_adv.media import report
+
+from . import common, report_lizard, report_mnist
+from . import report_media as media
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out", "Output folder for report.html and its media.")
@@ -70,9 +71,9 @@ flags.DEFINE_string(
 
 # Sections run by other modules: name -> module with `section(rep, out, ref, key) -> dict`.
 OPTIONAL_SECTIONS = {
-    "adversaries": "experiments.report_adversaries",
-    "perturbations": "experiments.report_perturbations",
-    "beyond": "experiments.report_beyond",  # issue 15: beyond the article
+    "adversaries": f"{__package__}.report_adversaries",
+    "perturbations": f"{__package__}.report_perturbations",
+    "beyond": f"{__package__}.report_beyond",  # beyond the article
 }
 # Each section draws from fold_in(key, its number): adding a section changes no other.
 SECTION_KEYS = {"lizard": 0, "mnist": 1, "adversaries": 2, "perturbations": 3, "beyond": 4}

@@ -29,7 +29,6 @@ from typing import NamedTuple
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import common, ladder
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.errors import UserError
@@ -37,6 +36,8 @@ from nca_adv.io import targets
 from nca_adv.io.export import export_hardened, export_run
 from nca_adv.models import growing, mnist
 from nca_adv.training import distributed, jobs, runtime
+
+from . import common, ladder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -266,9 +267,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _record_finished(folder: Path, iterations: int, seconds: float, summary: dict) -> None:
+def _record_finished(
+    folder: Path, iterations: int, seconds: float, summary: dict, bases: dict | None = None
+) -> None:
     """``folder/finished.json``: what a later ``--resume`` needs to skip the model, with the
-    results' paths relative to ``folder`` (the workdir may move) and their hashes."""
+    results' paths relative to ``folder`` (the workdir may move) and their hashes, and the
+    base models it was trained against (``bases``: :meth:`_Recorded.identities`)."""
     runs = {
         run: {
             "dir": os.path.relpath(info["dir"], folder),
@@ -279,10 +283,67 @@ def _record_finished(folder: Path, iterations: int, seconds: float, summary: dic
         for run, info in summary.items()
     }
     record = {"preset": FLAGS.preset, "iterations": iterations, "seconds": seconds, "runs": runs}
+    record["bases"] = bases or {}
     runtime.write_atomic(folder / FINISHED, json.dumps(record, indent=1) + "\n")
 
 
-def _finished(folder: Path, iterations: int) -> tuple[dict, float] | None:
+def _base_file(spec: str) -> Path | None:
+    """The weights file of a base as the attacks name it: a result trained in the workdir
+    (a path) or a shipped model's name."""
+    path = Path(spec)
+    return path if path.is_file() else io.shipped_models().get(spec)
+
+
+def _identity(spec: str, trained_here: bool) -> dict:
+    file = _base_file(spec)
+    return {"sha256": _sha256(file) if file else None, "trained_here": trained_here}
+
+
+class _Recorded:
+    """The bases as a model's job sees them (``done[name]``, ``done.get(name, default)``),
+    noting which it asks for: finished.json records them, so that a model trained against
+    one base is not taken as finished against another."""
+
+    def __init__(self, bases: _Bases):
+        self.bases, self.used = bases, {}
+
+    def __getitem__(self, name: str) -> str:
+        self.used[name] = spec = self.bases[name]
+        return spec
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        spec = self.bases.get(name, default)
+        if spec is not None:
+            self.used[name] = spec
+        return spec
+
+    def identities(self) -> dict:
+        return {
+            n: _identity(spec, spec in self.bases.workdir_results)
+            for n, spec in sorted(self.used.items())
+        }
+
+
+def _check_bases(path: Path, record: dict, bases: _Bases) -> None:
+    """Refuse a finished model whose recorded base differs from the one the attacks would
+    use now (say the shipped lizard then, the workdir's own lizard now): its results would
+    be paired with a base they were not trained against."""
+    for name, then in (record.get("bases") or {}).items():
+        spec = bases.get(name, name)
+        now = _identity(spec, spec in bases.workdir_results)
+        if now["sha256"] == then.get("sha256"):
+            continue
+        which = lambda trained: "this workdir's" if trained else "the shipped"  # noqa: E731
+        raise UserError(
+            f"{path.parent} was trained against {which(then.get('trained_here'))} {name}, "
+            f"not {which(now['trained_here'])} {name} the other models now use (a different "
+            f"file); move {path.parent} away to train it again against it"
+        )
+
+
+def _finished(
+    folder: Path, iterations: int, bases: _Bases | None = None
+) -> tuple[dict, float] | None:
     """(summary, seconds) of a model this preset finished in ``folder``, or None: no
     record, one of another preset or length, or a result file missing or changed since
     (the model is then resumed from its last checkpoint, which rewrites the results)."""
@@ -293,6 +354,8 @@ def _finished(folder: Path, iterations: int) -> tuple[dict, float] | None:
         record = json.loads(path.read_text())
         if record["preset"] != FLAGS.preset or record["iterations"] != iterations:
             return None
+        if bases is not None:
+            _check_bases(path, record, bases)
         summary = {}
         for run, info in record["runs"].items():
             result = folder / info["result"]
@@ -305,6 +368,8 @@ def _finished(folder: Path, iterations: int) -> tuple[dict, float] | None:
                 "final_loss": info["final_loss"],
             }
         return summary, float(record["seconds"])
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         logging.warning("%s cannot be read (%s); resuming instead", path, e)
         return None
@@ -332,7 +397,7 @@ class _Bases(dict):
     def __missing__(self, name: str) -> str:
         folder = self.root / name
         if name in self.trained_here:
-            finished = _finished(folder, self.iterations[name])
+            finished = _finished(folder, self.iterations[name], self)
             if finished is not None:
                 only = next(iter(finished[0].values()))
                 logging.info("base %s: the one trained in %s", name, folder)
@@ -380,6 +445,39 @@ def _check_start(selected: list[Model], root: Path) -> None:
         )
 
 
+def _check_finished_bases(selected: list[Model], root: Path) -> None:
+    """With ``--resume``, refuse before any training a finished model that was trained
+    against a shipped base (``--only``) where this invocation trains that base in the
+    workdir: the attack would be paired with a base it was not trained against."""
+    if not FLAGS.resume:
+        return
+    training = {m.name for m in selected}
+    for m in selected:
+        path = root / m.name / FINISHED
+        try:
+            recorded = json.loads(path.read_text()).get("bases") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name, then in recorded.items():
+            if name in training and not then.get("trained_here") and name != m.name:
+                raise UserError(
+                    f"{path.parent} was trained against the shipped {name}, but this "
+                    f"workdir trains its own {name}; move {path.parent} away to train it "
+                    f"again against that one (or keep the pairing: --only without {name})"
+                )
+
+
+def _check_not_a_run(root: Path) -> None:
+    """Refuse the workdir of a single training (a trainer's checkpoints/ and config.json
+    at its top): train_all keeps one folder per model."""
+    if (root / "checkpoints").is_dir() or (root / "config.json").is_file():
+        raise UserError(
+            f"--workdir={root} is the workdir of a single training (it holds "
+            "checkpoints/ or config.json); train_all keeps one folder per model in its "
+            "--workdir: choose another"
+        )
+
+
 def _schedule_of(model: Model, ps: Preset) -> list[int]:
     """The iterations at which ``model``'s learning rate decays under preset ``ps``."""
     if model.name.startswith("mnist_"):
@@ -407,12 +505,13 @@ def _train_model(
     """Train (or resume, or skip when finished) one model: (summary, seconds, skipped)."""
     folder = root / model.name
     iterations = _iterations(model, ps)
-    finished = _finished(folder, iterations) if FLAGS.resume else None
+    finished = _finished(folder, iterations, bases) if FLAGS.resume else None
     if finished is not None:
         logging.info("%s: finished earlier (%d iterations), skipped", model.name, iterations)
         return finished[0], finished[1], True
     t0 = time.perf_counter()
-    job = _relative_base(model.job(ps, bases, FLAGS.mnist_dir), folder, bases)
+    seen = _Recorded(bases)
+    job = _relative_base(model.job(ps, seen, FLAGS.mnist_dir), folder, bases)
     resume = FLAGS.resume and bool(_committed_steps(folder))
     logging.info(
         "%s %s: %d iteration(s), %d run(s)",
@@ -432,7 +531,7 @@ def _train_model(
     )
     seconds = round(time.perf_counter() - t0, 1)
     if distributed.is_main_process():
-        _record_finished(folder, iterations, seconds, summary)
+        _record_finished(folder, iterations, seconds, summary, seen.identities())
     return summary, seconds, False
 
 
@@ -454,7 +553,9 @@ def main(argv):
     if FLAGS.export:
         common.check_output_dir(FLAGS.assets, "assets")
     _check_schedules(selected, ps)
+    _check_not_a_run(root)
     _check_start(selected, root)
+    _check_finished_bases(selected, root)
     mesh = runtime.data_mesh(FLAGS.num_devices or None)
     bases = _Bases(root, {m.name for m in models}, {m.name: _iterations(m, ps) for m in models})
     rows, results = [], {}
@@ -500,6 +601,7 @@ def _run_ladder() -> None:
     selected = [r for r in rungs if not FLAGS.only or r.name in FLAGS.only]
     ladder.check_schedules(selected)
     root = common.check_output_dir(FLAGS.workdir, "workdir")
+    _check_not_a_run(root)
     assets = Path(FLAGS.assets)
     if FLAGS.export:
         common.check_output_dir(FLAGS.assets, "assets")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import common
 from nca_adv.training import jobs
+
+from . import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import common
 from nca_adv.training import jobs
+
+from . import common
 
 FLAGS = flags.FLAGS
 common.define_training_flags(iterations=100_000, checkpoint_every=500, chunk=100)

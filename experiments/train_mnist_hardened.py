@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import common
 from nca_adv.training import jobs
+
+from . import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base", "mnist", "The base CA to start from: shipped name, .npz, .json.")
@@ -24,7 +25,7 @@ flags.DEFINE_float(
     "max_fraction", 0.15, "Adversaries in a share p ~ U[0, this] of each sample's cells."
 )
 flags.DEFINE_float("clean_share", 0.25, "Share of samples with no adversary (p = 0).")
-flags.DEFINE_float("adversary_lr", 1e-3, "The adversary's Adam learning rate.")
+common.define_rate_flag("adversary_lr", 1e-3, "The adversary's Adam learning rate.")
 common.define_training_flags(iterations=1000, checkpoint_every=50, chunk=10)
 common.define_mnist_recipe_flags()
 common.define_device_flags()

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.common import check_output_file, print_result, run
 from nca_adv import io
 from nca_adv.attacks import adversaries
 from nca_adv.errors import UserError
@@ -35,7 +34,11 @@ from nca_adv.evaluation import adversary_eval
 from nca_adv.io import data
 from nca_adv.models import mnist
 
+from .common import atomic_output, check_output_file, float_list, print_result, run
+
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original"
+
+MNIST_TEST_DIGITS = 10_000  # the MNIST test set
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -51,14 +54,24 @@ flags.DEFINE_list(
     "hardened=mnist_hardened_adversary when shipped).",
 )
 flags.DEFINE_integer(
-    "num_digits", 300, "First N test digits (the 8s among them dropped).", lower_bound=1
+    "num_digits",
+    300,
+    "First N test digits (the 8s among them dropped).",
+    lower_bound=1,
+    upper_bound=MNIST_TEST_DIGITS,
 )
 flags.DEFINE_float("fraction", 0.1, "Share of the grid's cells running the adversary.")
 flags.DEFINE_integer(
-    "steps", 200, "CA steps from the seeds, adversaries from step 0.", lower_bound=1
+    "steps",
+    200,
+    "CA steps from the seeds, adversaries from step 0.",
+    lower_bound=1,
+    upper_bound=100_000,
 )
 flags.DEFINE_integer("seed", 0, "PRNG seed (as eval_mnist's --seed).")
-flags.DEFINE_integer("batch_size", 100, "Digits per batch.", lower_bound=1)
+flags.DEFINE_integer(
+    "batch_size", 100, "Digits per batch.", lower_bound=1, upper_bound=MNIST_TEST_DIGITS
+)
 flags.DEFINE_list(
     "curves", [], "base:adversary pairs (names of --bases/--adversaries) to draw curves for."
 )
@@ -68,9 +81,18 @@ flags.DEFINE_list(
     "Shares p of the curves.",
 )
 flags.DEFINE_integer(
-    "curve_digits", 100, "First N test digits without the 8s for the curves.", lower_bound=1
+    "curve_digits",
+    100,
+    "First N test digits without the 8s for the curves.",
+    lower_bound=1,
+    upper_bound=MNIST_TEST_DIGITS,
 )
-flags.DEFINE_string("out", None, "JSON file of results (read first: done pairs are kept).")
+flags.DEFINE_string(
+    "out",
+    None,
+    "JSON file of results, written atomically. Read first: the pairs and curves it holds "
+    "are kept (a table of other settings is refused, not replaced).",
+)
 flags.DEFINE_bool("table", True, "Compute the table (--notable: only the curves).")
 
 
@@ -82,6 +104,8 @@ def _named(values: list[str] | None, default: dict[str, str], what: str) -> dict
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise app.UsageError(f"--{what}: expected name=spec, got {item!r}")
+        if name in named:
+            raise app.UsageError(f"--{what}: the name {name!r} is given twice")
         named[name] = spec
     if not named:
         raise app.UsageError(f"--{what} is empty")
@@ -136,15 +160,40 @@ def _load(out: Path | None) -> dict:
     if out is None or not out.is_file():
         return {}
     try:
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"--out {out} is not a JSON file: {e}") from None
+    if not isinstance(result, dict):
+        raise UserError(f"--out={out} is not a table of this program (not a JSON object)")
+    return result
 
 
 def _write(out: Path | None, result: dict) -> None:
+    """Write the results through a temporary file and a rename: a kill or a full disk
+    leaves the previous table whole, never a partial one."""
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_output(out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _check_reusable(out: Path | None, result: dict, settings: dict) -> None:
+    """Refuse, before any compute, an --out that holds results of other settings: they
+    would be thrown away."""
+    saved = result.get("settings")
+    if out is None or not result or saved == settings:
+        return
+    if not isinstance(saved, dict):
+        raise UserError(f"--out={out} is not a table of this program (no settings in it)")
+    diff = ", ".join(
+        f"--{k}={saved.get(k)!r} there, {settings[k]!r} here"
+        for k in settings
+        if saved.get(k) != settings[k]
+    )
+    raise UserError(
+        f"--out={out} holds a table of other settings ({diff}); its results would be lost: "
+        "give another --out, or move that file away to replace it"
+    )
 
 
 def main(argv):
@@ -157,7 +206,9 @@ def main(argv):
     base_default, adv_default = default_models()
     base_specs = _named(FLAGS.bases, base_default, "bases")
     adv_specs = _named(FLAGS.adversaries, adv_default, "adversaries")
-    ps = [float(p) for p in FLAGS.curve_ps]
+    if not FLAGS.table and not FLAGS.curves:
+        raise app.UsageError("--notable leaves nothing to compute: give --curves")
+    ps = float_list("curve_ps")
     if any(not 0.0 <= p <= 1.0 for p in ps):
         raise app.UsageError(f"--curve_ps must lie in [0, 1], got {ps}")
     pairs = []
@@ -169,16 +220,23 @@ def main(argv):
                 f"{list(adv_specs)}"
             )
         pairs.append((b, a))
+    result = _load(out)
+    settings = _settings()
+    _check_reusable(out, result, settings)
+    if result:
+        logging.info(
+            "--out=%s: keeping its %d pair(s) and %d curve(s); computing the missing ones",
+            out,
+            len(result.get("pairs", {})),
+            len(result.get("curves", {})),
+        )
     bases = {n: io.load_model(s, "mnist") for n, s in base_specs.items()}
     advs = {
         n: adversaries.load_adversary(s, "mnist", next(iter(bases.values())))
         for n, s in adv_specs.items()
     }
 
-    result = _load(out)
-    settings = _settings()
-    if result.get("settings") != settings:
-        result = {"settings": settings}  # other settings: nothing reusable
+    result["settings"] = settings
     result["bases"], result["adversaries"] = base_specs, adv_specs
     key = jax.random.split(jax.random.PRNGKey(FLAGS.seed))[0]  # eval_mnist's k_run
     if FLAGS.table:

@@ -15,6 +15,8 @@ Everything else lives in the layer subpackages: ``models``, ``attacks``, ``train
 ``evaluation``, ``io``, ``media`` (and ``playground``).
 """
 
+from importlib import metadata as _metadata
+
 from nca_adv.attacks.adversaries import with_adversaries
 from nca_adv.attacks.perturbation import perturb
 from nca_adv.attacks.transforms import chain, identity
@@ -23,7 +25,13 @@ from nca_adv.models.architecture import CA, GrowingCA, MnistCA, as_stepper, make
 from nca_adv.models.rollout import rollout
 from nca_adv.training.engine import Recipe, train
 
+try:
+    __version__ = _metadata.version("nca-adv")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.0.0+unknown"
+
 __all__ = [
+    "__version__",
     "CA",
     "GrowingCA",
     "MnistCA",

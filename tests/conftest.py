@@ -44,6 +44,20 @@ def compile_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """The project's wheel installed (no dependencies, console scripts included) in a
+    temporary venv whose dependencies come from this venv, run from a folder outside the
+    clone: ``installed_wheel.run(code, block=("imageio",))``, ``.command("nca-adv", ...)``
+    (tests/installed.py). Built once per session (a few seconds)."""
+    from tests import installed
+
+    try:
+        return installed.install(tmp_path_factory.mktemp("installed"))
+    except installed.BuildError as e:
+        pytest.skip(f"the wheel could not be built or installed here: {e}")
+
+
 @pytest.fixture
 def subprocess_env():
     """The environment of a launch started by a test: the package importable (the cache

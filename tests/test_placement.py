@@ -124,6 +124,124 @@ def test_greedy_swaps_improve_and_keep_budget():
     assert (after - best < 0.5 * (before - best)).all()  # more than half-way to the optimum
 
 
+def _deceptive_objective(weights, eligible):
+    """Toy objective whose relaxation points the wrong way: the loss of a placement is
+    ``-sum(m * w)`` plus a penalty for every pair of chosen cells in one row, so the relaxed
+    top k (the largest w, packed into the rows of large w) is worse than spread placements."""
+
+    def loss(m):
+        rows = m.sum(axis=2)  # (B, H, 1): chosen cells per row
+        return -(m * weights).sum((1, 2, 3)) + 3.0 * (rows * (rows - 1)).sum((1, 2))
+
+    return loss
+
+
+def _row_heavy(shape):
+    """Weights that are large on the first row only, so the relaxed top k crowds it."""
+    return jnp.zeros(shape).at[:, 0].set(1.0) + 0.01 * jax.random.uniform(
+        jax.random.PRNGKey(9), shape
+    )
+
+
+@pytest.mark.parametrize("rounds", [0, 5])
+def test_placement_is_never_worse_than_its_best_random_start(rounds):
+    e = jnp.ones((4, 5, 6, 1))
+    k = 3
+    objective = _deceptive_objective(_row_heavy(e.shape), e)
+    key = jax.random.PRNGKey(5)
+    found = P.optimise_placement(
+        objective, objective, e, k, key, iterations=3, rounds=rounds, random_starts=6, lr=0.5
+    )
+    masks = np.asarray(found.masks)
+    np.testing.assert_array_equal(masks.sum((1, 2, 3)), k)
+    # the same random starts, drawn again from the documented key: none beats the result
+    k_starts = jax.random.fold_in(key, 1)
+    random_loss = np.stack(
+        [
+            np.asarray(objective(P.random_masks(jax.random.fold_in(k_starts, s), e, k)))
+            for s in range(6)
+        ]
+    )
+    np.testing.assert_allclose(np.asarray(found.best_random_loss), random_loss.min(0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(found.loss), np.asarray(objective(found.masks)))
+    assert (np.asarray(found.loss) <= random_loss.min(0)).all()
+    assert (np.asarray(found.loss) <= np.asarray(found.start_loss).min(0)).all()
+    # here the relaxed top k crowds the heavy row: a random start won somewhere
+    assert (np.asarray(found.start_loss)[0] > random_loss.min(0)).any()
+    assert (np.asarray(found.source) > 0).any()
+
+
+def test_best_start_picks_the_lowest_loss_per_problem_and_skips_nan():
+    e = jnp.ones((3, 4, 4, 1))
+    # candidate c takes cell c for every problem (distinct masks: the lookup below is exact)
+    cands = jnp.broadcast_to(jnp.eye(16)[:4].reshape(4, 1, 4, 4, 1), (4, *e.shape))
+    table = jnp.array([[3.0, 1.0, jnp.nan], [2.0, 5.0, 9.0], [1.0, 1.0, 4.0], [4.0, 0.5, 8.0]])
+
+    def objective(m):  # loss of candidate c for problem b, looked up by the mask
+        hit = (cands == m[None]).all((2, 3, 4))  # (C, B)
+        return (jnp.where(hit, table, 0.0)).sum(0)
+
+    masks, losses = P.best_start(objective, cands)
+    np.testing.assert_array_equal(np.asarray(losses), np.asarray(table))
+    for b, c in enumerate([2, 3, 2]):  # problem 2: the NaN never wins
+        np.testing.assert_array_equal(np.asarray(masks[b]), np.asarray(cands[c, b]))
+
+
+def test_mnist_placement_is_never_worse_than_its_best_random_start():
+    """The real MNIST objective (a random-weight pair, two small digits, a few steps)."""
+    base, adv = _mnist_pair()
+    images = jnp.zeros((2, 10, 10)).at[0, 2:8, 3:7].set(0.8).at[1, 1:9, 4:6].set(0.6)
+    eligible = P.mnist_eligible(images)
+    slots, k, ids = 48, 2, jnp.arange(2)
+    opt_keys, _ = P.split_keys(jax.random.PRNGKey(0), 2, 1)
+
+    def objective(adv_cells):
+        return P.mnist_objective(base, adv, images, ids, opt_keys, 3, slots, adv_cells, target=8)
+
+    key = jax.random.PRNGKey(3)
+    found = P.optimise_placement(
+        objective(None), objective(k), eligible, k, key, iterations=1, rounds=3, random_starts=4
+    )
+    masks = np.asarray(found.masks)
+    np.testing.assert_array_equal(masks.sum((1, 2, 3)), k)
+    assert not masks[np.asarray(eligible) == 0].any()
+    k_starts = jax.random.fold_in(key, 1)
+    random_loss = np.stack(
+        [
+            np.asarray(
+                P.mnist_rollouts(
+                    base,
+                    adv,
+                    images,
+                    P.random_masks(jax.random.fold_in(k_starts, s), eligible, k),
+                    opt_keys,
+                    ids,
+                    3,
+                    slots,
+                    k,
+                )[0].mean(0)
+            )
+            for s in range(4)
+        ]
+    )
+    assert (np.asarray(found.loss) <= random_loss.min(0) + 1e-7).all()
+
+
+def test_placement_refuses_negative_random_starts():
+    e = jnp.ones((1, 3, 3, 1))
+    with pytest.raises(UserError, match="random_starts"):
+        P.optimise_placement(
+            None,
+            lambda m: m.sum((1, 2, 3)),
+            e,
+            1,
+            jax.random.PRNGKey(0),
+            iterations=0,
+            rounds=0,
+            random_starts=-1,
+        )
+
+
 # ----------------------------------------------------------------------------- keys, budgets
 def test_held_out_keys_never_reuse_an_optimisation_key():
     opt, held = P.split_keys(jax.random.PRNGKey(0), 3, 6)

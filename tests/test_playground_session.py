@@ -22,7 +22,15 @@ from nca_adv.io import data, targets
 from nca_adv.models import mnist
 from nca_adv.playground import models, protocol
 from nca_adv.playground.models import LizardModels, MnistModels
-from nca_adv.playground.sessions import LizardSession, MnistSession, unpack_frame
+from nca_adv.playground.sessions import (
+    CHUNK_STEPS,
+    MAX_STEPS_PER_ACTION,
+    PALETTES,
+    LizardSession,
+    MnistSession,
+    contrast,
+    unpack_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 200  # the evaluations' default
@@ -221,7 +229,9 @@ COMMON_BAD = [
     ("[1, 2]", "JSON object"),
     ('{"n": 1}', '"type"'),
     ('{"type": "explode"}', "unknown action type"),
-    ('{"type": "step", "n": 0}', "integer in [1, 1000]"),
+    ('{"type": "step", "n": 0}', f"integer in [1, {MAX_STEPS_PER_ACTION}]"),
+    (f'{{"type": "step", "n": {MAX_STEPS_PER_ACTION + 1}}}', "integer in [1, "),
+    ('{"type": "visible", "on": "no"}', "true or false"),
     ('{"type": "step", "n": 1.5}', "integer"),
     ('{"type": "step", "n": true}', "integer"),
     ('{"type": "step"}', "needs field 'n'"),
@@ -294,6 +304,93 @@ def test_mnist_adversary_refused_without_adversary(mnist_models):
     error = session.handle('{"type": "adversary", "cells": [[3, 3]]}')
     assert "no MNIST adversary" in error["message"]
     assert_same(before, snapshot(session))
+
+
+# ----------------------------------------------------------------------------- page look
+STATIC = ROOT / "nca_adv" / "playground" / "static"
+
+
+def css_colour(name: str) -> tuple[int, int, int]:
+    """A ``--name: #rrggbb`` custom property of the pages' style sheet."""
+    import re
+
+    found = re.search(rf"--{name}:\s*#([0-9a-fA-F]{{6}})", (STATIC / "style.css").read_text())
+    assert found, name
+    return tuple(int(found.group(1)[i : i + 2], 16) for i in (0, 2, 4))
+
+
+@pytest.mark.parametrize("palette", sorted(PALETTES))
+def test_every_vote_colour_contrasts_with_the_page(palette):
+    """WCAG contrast of each vote colour against the page (--bg) and the grid and the
+    panels (white): at least 3:1, the minimum for graphics."""
+    assert len(PALETTES[palette]) == 10
+    for background in (css_colour("bg"), (255, 255, 255)):
+        for digit, colour in enumerate(PALETTES[palette]):
+            ratio = contrast(colour, background)
+            assert ratio >= 3.0, (palette, digit, colour.tolist(), background, round(ratio, 2))
+    assert len({tuple(c) for c in PALETTES[palette]}) == 10  # ten different colours
+
+
+def test_contrast_is_wcag():
+    assert contrast((0, 0, 0), (255, 255, 255)) == pytest.approx(21.0)
+    assert contrast((221, 221, 221), (255, 255, 255)) == pytest.approx(1.36, abs=0.01)
+    assert contrast((119, 119, 119), (255, 255, 255)) == pytest.approx(4.48, abs=0.01)
+
+
+def test_attack_notes_from_the_ladder_record(tmp_path):
+    """The page's notes on the shipped attacks: the ladder's evaluation where it has one,
+    the measured numbers otherwise, nothing for attacks that are not the shipped ones."""
+    shipped_advs = {"tailless": "lizard_no_tail_adversary", "red": "lizard_red_adversary"}
+    shipped_mats = {name: name for name in perturbation.SHIPPED_NAMES}
+    none = models.attack_notes(shipped_advs, shipped_mats, tmp_path / "missing.json")
+    ratios = {row["name"]: row["ratio"] for row in none["perturbations"]}
+    assert ratios == models.SHIPPED_RATIOS
+    assert {row["name"]: row["authors"] for row in none["perturbations"]} == (models.AUTHORS_RATIOS)
+    assert "leaves the tail on" in none["adversaries"]["tailless"]
+    assert "red" not in none["adversaries"]
+
+    ladder = tmp_path / "ladder.json"
+    ladder.write_text(
+        json.dumps(
+            {
+                "tail": {"evaluation": {"ratio": 0.31, "runs": 8, "loss": 0.01}},
+                "leg": {"iterations": 40, "trials": []},  # no evaluation: the fallback
+                "lizard_no_tail_adversary": {"evaluation": {"ratio": 0.5, "runs": 12}},
+            }
+        )
+    )
+    notes = models.attack_notes(shipped_advs, shipped_mats, ladder)
+    ratios = {row["name"]: row["ratio"] for row in notes["perturbations"]}
+    assert ratios["tail"] == 0.31 and ratios["leg"] == models.SHIPPED_RATIOS["leg"]
+    assert (
+        "50 %" in notes["adversaries"]["tailless"] and "12 runs" in notes["adversaries"]["tailless"]
+    )
+    assert "#" not in json.dumps(notes)  # the page speaks to readers (no issue numbers)
+
+    other = models.attack_notes({"mine": "/tmp/adv.npz"}, {"tail": "/tmp/tail.npy"}, ladder)
+    assert other == {"perturbations": [], "adversaries": {}}
+    (tmp_path / "bad.json").write_text("[1, 2")
+    assert models.attack_notes(shipped_advs, {}, tmp_path / "bad.json")["adversaries"]
+
+
+def test_long_steps_run_in_chunks_and_hidden_sessions_stop(mnist_models):
+    session = MnistSession(mnist_models)
+    error = session.handle(json.dumps({"type": "step", "n": 3 * CHUNK_STEPS + 5}), defer=True)
+    assert error is None and session.step == 0 and session.pending_steps == 3 * CHUNK_STEPS + 5
+    assert session.run_pending(CHUNK_STEPS) == 2 * CHUNK_STEPS + 5
+    assert session.step == CHUNK_STEPS
+    assert session.run_pending() == 0 and session.step == 3 * CHUNK_STEPS + 5
+
+    send(session, type="play", on=True)
+    assert session.tick()
+    send(session, type="visible", on=False)  # the page is hidden: no more computing
+    step = session.step
+    assert session.playing and not session.running and not session.tick()
+    assert session.step == step
+    send(session, type="visible", on=True)
+    assert session.tick() and session.step > step
+    session.unwatched = True  # the server's mark for a page that stopped pinging
+    assert not session.tick()
 
 
 # ----------------------------------------------------------------------------- server
@@ -406,6 +503,202 @@ def test_server_session_protocol_and_limits(playground):
     assert out["hard_limit"] in ("CLOSE", "CLOSED", "CLOSING", "ERROR")
     assert out["sessions_after"] == 0  # freed when their sockets closed
     assert out["cross_origin"] == 403
+
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def test_server_refuses_foreign_host_names(mnist_models, lizard_models):
+    """DNS rebinding: a page on evil.example whose name resolves to this machine sends
+    Host and Origin evil.example: refused (403), with the security headers, whatever the
+    path; the names the server was started for pass."""
+    from nca_adv.playground.server import SECURITY_HEADERS, Playground
+
+    playground = Playground(mnist_models, lizard_models, max_sessions=2, host="127.0.0.1")
+
+    async def scenario(client):
+        port = client.server.port
+        out = {}
+        evil = {"Host": "evil.example:8765", "Origin": "http://evil.example:8765"}
+        for path in ("/", "/mnist", "/static/common.js", "/ws/mnist"):
+            extra = UPGRADE if path.startswith("/ws") else {}
+            r = await client.get(path, headers={**evil, **extra})
+            out[path] = (r.status, dict(r.headers))
+        for host in (f"evil.example:{port}", "127.0.0.1:1", f"127.0.0.1.evil.example:{port}"):
+            out[host] = (await client.get("/mnist", headers={"Host": host})).status
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            out[host] = (await client.get("/mnist", headers={"Host": host})).status
+        origin = f"http://localhost:{port}"
+        ws = await client.ws_connect(
+            "/ws/mnist", headers={"Host": f"localhost:{port}", "Origin": origin}
+        )
+        out["ws_ok"] = (await ws.receive_json())["type"]
+        await ws.close()
+        r = await client.get("/nope")
+        out["404"] = (r.status, dict(r.headers))
+        return port, out
+
+    port, out = run_client(playground, scenario)
+    for path in ("/", "/mnist", "/static/common.js", "/ws/mnist"):
+        status, headers = out[path]
+        assert status == 403, path
+        for name, value in SECURITY_HEADERS.items():
+            assert headers.get(name) == value, (path, name)
+    assert out[f"evil.example:{port}"] == out["127.0.0.1:1"] == 403
+    assert out[f"127.0.0.1.evil.example:{port}"] == 403
+    assert out[f"127.0.0.1:{port}"] == out[f"localhost:{port}"] == out[f"[::1]:{port}"] == 200
+    assert out["ws_ok"] == "hello"
+    assert out["404"][0] == 404 and out["404"][1].get("X-Content-Type-Options") == "nosniff"
+    assert "default-src 'self'" in out["404"][1].get("Content-Security-Policy", "")
+
+    from nca_adv.playground.server import allowed_host_names
+
+    assert "example.org" in allowed_host_names("example.org")
+    assert "evil.example" not in allowed_host_names("0.0.0.0")
+
+
+def test_server_stops_unwatched_sessions_and_frees_them(mnist_models, lizard_models):
+    """A hidden page's session stops computing at once; one whose page went silent (a
+    page frozen in the back/forward cache) stops after idle_after and is closed, its slot
+    freed, after close_after."""
+    from nca_adv.playground.server import Playground
+
+    playground = Playground(
+        mnist_models, lizard_models, max_sessions=1, idle_after=0.4, close_after=1.2
+    )
+
+    async def frames_for(ws, seconds):
+        """(time, step) of the frames received over ``seconds``; stops at a close."""
+        loop = asyncio.get_running_loop()
+        end, out = loop.time() + seconds, []
+        while loop.time() < end:
+            try:
+                msg = await ws.receive(timeout=end - loop.time())
+            except TimeoutError:
+                break
+            if msg.type.name != "BINARY":
+                out.append((loop.time(), msg.type.name))
+                break
+            out.append((loop.time(), unpack_frame(msg.data)[0]["step"]))
+        return out
+
+    async def scenario(client):
+        loop = asyncio.get_running_loop()
+        out = {}
+        ws = await client.ws_connect("/ws/mnist")
+        await _hello_and_frame(ws)
+        await ws.send_str('{"type": "play", "on": true}')
+        await frames_for(ws, 0.2)
+        await ws.send_str('{"type": "visible", "on": false}')  # the page is hidden
+        await frames_for(ws, 0.1)
+        out["hidden"] = await frames_for(ws, 0.3)
+        await ws.send_str('{"type": "visible", "on": true}')  # shown again: it plays on
+        t0 = loop.time()
+        seen = await frames_for(ws, 3.0)  # then silence: stops, then closed
+        out["closed"] = seen[-1][1]
+        steps = [(t - t0, s) for t, s in seen if isinstance(s, int)]
+        out["last_frame_after"] = steps[-1][0]
+        out["closed_after"] = seen[-1][0] - t0
+        out["close_reason"] = ws.close_code, getattr(ws, "_close_message", None)
+        for _ in range(40):
+            if not playground.sessions:
+                break
+            await asyncio.sleep(0.05)
+        out["sessions"] = len(playground.sessions)
+        second = await client.ws_connect("/ws/lizard")  # the freed slot
+        out["second"] = (await second.receive_json())["type"]
+        await second.close()
+        return out
+
+    out = run_client(playground, scenario)
+    assert out["hidden"] == []  # nothing computed while hidden
+    assert out["closed"] in ("CLOSE", "CLOSED", "CLOSING")
+    assert out["last_frame_after"] < 0.4 + 0.5  # stopped soon after idle_after
+    assert 1.0 < out["closed_after"] < 2.5
+    assert out["sessions"] == 0 and out["second"] == "hello"
+
+
+def test_server_waits_briefly_for_a_leaving_tab(mnist_models, lizard_models):
+    """Switching pages: the new page's socket may come just before the old one closes;
+    it waits for the slot instead of getting "busy"."""
+    from nca_adv.playground.server import Playground
+
+    playground = Playground(mnist_models, lizard_models, max_sessions=1)
+
+    async def scenario(client):
+        old = await client.ws_connect("/ws/mnist")
+        await _hello_and_frame(old)
+
+        async def leave_later():
+            await asyncio.sleep(0.3)
+            await old.close()
+
+        leaving = asyncio.create_task(leave_later())
+        page = await client.get("/lizard")
+        new = await client.ws_connect("/ws/lizard")
+        first = await new.receive_json()
+        await leaving
+        await new.close()
+        return page.status, first["type"]
+
+    assert run_client(playground, scenario) == (200, "hello")
+
+
+def test_server_shares_workers_fairly(mnist_models, lizard_models):
+    """Four clients asking for the longest steps do not starve a fifth: its one-step
+    actions wait for at most a chunk of the others' work, not for their whole requests."""
+    from nca_adv.playground.server import Playground
+
+    playground = Playground(mnist_models, lizard_models, max_sessions=5, workers=4)
+
+    async def scenario(client):
+        loop = asyncio.get_running_loop()
+        small = await client.ws_connect("/ws/mnist")
+        await _hello_and_frame(small)
+        heavy = []
+        for _ in range(4):
+            ws = await client.ws_connect("/ws/lizard")
+            await _hello_and_frame(ws)
+            heavy.append(ws)
+        for ws in heavy:  # warm: the programs are compiled
+            await ws.send_str(json.dumps({"type": "step", "n": CHUNK_STEPS + 1}))
+            await ws.receive_bytes()
+        await small.send_str('{"type": "step", "n": 1}')
+        await small.receive_bytes()
+
+        async def long_request(ws):
+            t0 = loop.time()
+            await ws.send_str(json.dumps({"type": "step", "n": MAX_STEPS_PER_ACTION}))
+            header = unpack_frame(await ws.receive_bytes())[0]
+            return loop.time() - t0, header["step"]
+
+        tasks = [asyncio.create_task(long_request(ws)) for ws in heavy]
+        await asyncio.sleep(0.05)
+        waits = []
+        while not all(t.done() for t in tasks):
+            t0 = loop.time()
+            await small.send_str('{"type": "step", "n": 1}')
+            await small.receive_bytes()
+            waits.append(loop.time() - t0)
+            await asyncio.sleep(0.02)
+        long = [await t for t in tasks]
+        for ws in (small, *heavy):
+            await ws.close()
+        return waits, long
+
+    waits, long = run_client(playground, scenario)
+    durations = sorted(d for d, _ in long)
+    assert all(step == CHUNK_STEPS + 1 + MAX_STEPS_PER_ACTION for _, step in long)
+    # Round robin: a one-step action waits for about one chunk of each other session, so
+    # it is served again and again while they run (one whole request each: it would wait
+    # for a whole request, and be served once or twice).
+    assert len(waits) >= 5, (waits, durations)
+    assert max(waits) < 0.5 * durations[len(durations) // 2], (waits, durations)
 
 
 # ----------------------------------------------------------------------------- launch

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from nca_adv import io
-from nca_adv.models import architecture, mnist
+from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.masks import ALPHA_CHANNEL
 
 Step = Callable[[jax.Array, jax.Array], jax.Array]
@@ -44,6 +44,11 @@ def with_adversaries(adv_step: Step, mask: jax.Array) -> Callable[[Step], Step]:
         raise ValueError(f"adversary mask must have shape (..., H, W, 1), got {mask.shape}")
 
     def transform(base_step: Step) -> Step:
+        if isinstance(base_step, growing.GrowingStep) and base_step.fusable_with(adv_step):
+            fused = growing.mixed_living_step(base_step, adv_step, mask)
+        else:
+            fused = None
+
         def step(x: jax.Array, key: jax.Array) -> jax.Array:
             cells = (*x.shape[:-1], 1)
             try:
@@ -57,6 +62,8 @@ def with_adversaries(adv_step: Step, mask: jax.Array) -> Callable[[Step], Step]:
             # A select, not base * (1 - m) + adv * m: the arithmetic form is not the identity
             # bit for bit (0 * inf = nan from the unused model, -0.0 + 0.0 = +0.0), the
             # select is, and its gradient reaches each model only through its own cells.
+            if fused is not None:  # both Growing CAs on their living cells, one gather
+                return fused(x, key)
             return jnp.where(mask > 0, adv_step(x, key), base_step(x, key))
 
         return step

@@ -5,11 +5,14 @@ The article places its adversaries at random. Here the placement is optimised:
 1. Relax the 0/1 mask to m in [0, 1] (:func:`relaxed_adversaries`:
    ``x' = m * adv(x, k) + (1 - m) * base(x, k)``, the same key for both, as
    :func:`adversaries.with_adversaries`) and optimise m by gradient through the rollout
-   (Adam), projecting after each update onto the budget set
+   (normalised projected gradient steps), projecting after each update onto the budget set
    ``{0 <= m <= 1, sum m = k, m = 0 off the eligible cells}`` (:func:`project_budget`).
 2. Take the top k of m as the discrete placement (:func:`top_k_mask`).
-3. Refine it greedily with the ordinary discrete mixed step (:func:`greedy_swaps`): swap
-   one chosen cell for an unchosen one, keep the swap when the loss falls.
+3. Start from the best (on the optimisation keys) of that top k and several random
+   k-cell placements (:func:`best_start`), and refine it greedily with the ordinary discrete
+   mixed step (:func:`greedy_swaps`): swap one chosen cell for an unchosen one, keep the
+   swap only when the loss falls. So the result is never worse, on the optimisation keys,
+   than the best random placement it was given (:func:`optimise_placement`).
 
 Everything works on a leading axis of independent problems (B,) (digits, or one lizard),
 each with its own eligible cells (B, H, W, 1) and the same budget k. The losses are means
@@ -283,6 +286,105 @@ def greedy_swaps(
                 f"greedy round {r + 1}/{rounds}: loss {float(loss.mean()):.5g}, kept {int(better.sum())}"
             )
     return Refinement(masks, loss, kept)
+
+
+class Placement(NamedTuple):
+    """What :func:`optimise_placement` found, per problem (B,).
+
+    ``masks`` (B, H, W, 1) the placement, ``loss`` its loss on the optimisation keys;
+    ``start_loss`` (C, B) the loss of every start (row 0 the relaxed solution's top k, then
+    the random placements), ``source`` the start the swaps began from (0 = relaxed),
+    ``best_random_loss`` the best random start's loss, ``kept`` swaps kept, ``relaxed`` the
+    relaxed m (B, H, W, 1) and ``relaxed_losses`` (iterations, B) its loss history."""
+
+    masks: jax.Array
+    loss: jax.Array
+    start_masks: jax.Array
+    start_loss: jax.Array
+    source: jax.Array
+    best_random_loss: jax.Array
+    kept: jax.Array
+    relaxed: jax.Array
+    relaxed_losses: jax.Array
+
+
+def best_start(objective: Objective, candidates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per problem, the candidate of lowest loss: candidates (C, B, H, W, 1) -> (masks (B, H,
+    W, 1), losses (C, B)). Ties go to the first candidate. One :func:`_evaluate` per
+    candidate (the same compiled program)."""
+    objective = as_pytree(objective)
+    losses = jnp.stack([_evaluate(objective, c) for c in candidates])
+    # NaN (a start that blew up) never wins
+    which = jnp.argmin(jnp.where(jnp.isnan(losses), jnp.inf, losses), axis=0)
+    masks = jnp.take_along_axis(candidates, which[None, :, None, None, None], axis=0)[0]
+    return masks, losses
+
+
+def optimise_placement(
+    objective_relaxed: Objective | None,
+    objective_discrete: Objective,
+    eligible: jax.Array,
+    k: int,
+    key: jax.Array,
+    *,
+    iterations: int,
+    rounds: int,
+    random_starts: int,
+    lr: float = 0.05,
+    start: str = "uniform",
+    log: Callable[[str], None] | None = None,
+) -> Placement:
+    """The whole search, never worse than its own baseline on the optimisation keys.
+
+    1. The relaxation (:func:`optimise_relaxed`, ``iterations`` steps of
+       ``objective_relaxed`` from the uniform start, or from a random k-cell placement with
+       ``start="random"``); its top k is one start.
+    2. ``random_starts`` random k-cell placements (:func:`random_masks`) are the others.
+    3. Per problem, the start of lowest ``objective_discrete`` loss (:func:`best_start`) is
+       refined by ``rounds`` greedy swaps (:func:`greedy_swaps`), each kept only where it
+       lowers that loss.
+
+    So per problem ``loss <= start_loss.min(0) <= best_random_loss`` (the swaps only move
+    down): the placement is at least as good as the best of the random placements on the
+    keys it was optimised on. Keys: the random starts draw ``fold_in(key, 1)``, the random
+    relaxation start ``fold_in(key, 2)``, the swaps ``fold_in(key, 3)``.
+    """
+    if random_starts < 0:
+        raise UserError(f"random_starts must be >= 0, got {random_starts}")
+    k_starts, k_relax, k_swaps = (jax.random.fold_in(key, i) for i in (1, 2, 3))
+    m0 = random_masks(k_relax, eligible, k) if start == "random" else None
+    if objective_relaxed is not None and iterations > 0:
+        relaxation = optimise_relaxed(objective_relaxed, eligible, k, iterations, lr, m0, log)
+    else:
+        m = project_budget(uniform_start(eligible, k) if m0 is None else m0, eligible, k)
+        relaxation = Relaxation(m, jnp.zeros((0, eligible.shape[0])))
+    candidates = [top_k_mask(relaxation.m, eligible, k)]
+    candidates += [
+        random_masks(jax.random.fold_in(k_starts, s), eligible, k) for s in range(random_starts)
+    ]
+    masks, start_loss = best_start(objective_discrete, jnp.stack(candidates))
+    best_random = start_loss[1:].min(0) if random_starts else jnp.full_like(start_loss[0], jnp.inf)
+    source = jnp.argmin(jnp.where(jnp.isnan(start_loss), jnp.inf, start_loss), axis=0)
+    if log is not None:
+        log(
+            f"starts: relaxed {float(start_loss[0].mean()):.5g}, best random "
+            f"{float(best_random.mean()):.5g}, best of all {float(start_loss.min(0).mean()):.5g} "
+            f"({int((source == 0).sum())} of {len(source)} problems from the relaxed start)"
+        )
+    refined = greedy_swaps(
+        objective_discrete, masks, eligible, k_swaps, rounds, relaxation.m, log=log
+    )
+    return Placement(
+        refined.masks,
+        refined.loss,
+        masks,
+        start_loss,
+        source,
+        best_random,
+        refined.kept,
+        relaxation.m,
+        relaxation.losses,
+    )
 
 
 # ----------------------------------------------------------------------------- MNIST

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image, ImageDraw
+
+from nca_adv.extras import lazy
+
+colors = lazy("matplotlib.colors", "media", what="recolouring a target")  # rgb_to_hsv, hsv_to_rgb
 
 # Pixels whose chroma (max - min of straight RGB, in [0, 1]) is below this are grey-ish
 # (white, black, greys) and keep their colour under a hue rotation.
@@ -64,9 +67,9 @@ def rotate_hue(img: np.ndarray, degrees: float, grey_chroma: float = GREY_CHROMA
     fully transparent ones are left as they are."""
     img = check_rgba(img)
     rgb = img[..., :3].astype(np.float64) / 255.0
-    hsv = rgb_to_hsv(rgb)
+    hsv = colors.rgb_to_hsv(rgb)
     hsv[..., 0] = np.mod(hsv[..., 0] + degrees / 360.0, 1.0)
-    rotated = (hsv_to_rgb(hsv) * 255.0 + 0.5).astype(np.uint8)
+    rotated = (colors.hsv_to_rgb(hsv) * 255.0 + 0.5).astype(np.uint8)
     chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
     change = (chroma >= grey_chroma) & (img[..., 3] > 0)
     out = img.copy()
@@ -82,7 +85,7 @@ def _hues(img: np.ndarray, grey_chroma: float, min_alpha: int) -> np.ndarray:
     sel = (chroma >= grey_chroma) & (img[..., 3] >= min_alpha)
     if not sel.any():
         raise ValueError("the image has no coloured opaque pixels")
-    return rgb_to_hsv(rgb[sel])[:, 0] * 360.0
+    return colors.rgb_to_hsv(rgb[sel])[:, 0] * 360.0
 
 
 def _circular_mean(deg: np.ndarray) -> float:

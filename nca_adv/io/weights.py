@@ -341,7 +341,9 @@ def load_checkpoint_params(path: str | os.PathLike, kind: str) -> dict:
 
 def _load_checkpoint_ca(path: str | os.PathLike, kind: str) -> architecture.CA:
     """The model and params of a checkpoint (see :func:`load_checkpoint_params`)."""
-    import orbax.checkpoint as ocp
+    from nca_adv.extras import require
+
+    ocp = require("orbax.checkpoint", "checkpoints", "reading a training workdir")
 
     _check_kind(kind)
     given, path = Path(path), _checkpoint_dir(path)

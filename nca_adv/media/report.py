@@ -19,8 +19,9 @@ def plot_curves(
     vline: float | None = None,
 ) -> Path:
     """Line plot of ``{label: (x, y)}`` to a PNG (matplotlib, headless)."""
-    import matplotlib
+    from nca_adv.extras import require
 
+    matplotlib = require("matplotlib", "media", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

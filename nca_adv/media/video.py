@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-import imageio.v2
 import numpy as np
 from PIL import Image
+
+from nca_adv.extras import lazy, require
+
+imageio = lazy("imageio", "media", also=("imageio.v2",), what="writing an .mp4")  # at first use
 
 # One colour per MNIST class (0..9), from the article's palette family (tab10).
 CLASS_COLOURS = np.array(
@@ -77,8 +83,15 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> P
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"unknown video format {suffix!r} for {path}; use .mp4 or .gif")
+    with _atomic(path) as tmp:
+        _write_frames(tmp, suffix, frames, fps)
+    return path
+
+
+def _write_frames(path: Path, suffix: str, frames: np.ndarray, fps: int) -> None:
     if suffix == ".mp4":
         # H.264 wants even sides; pad with white rather than rescale.
         h, w = frames.shape[1:3]
@@ -88,13 +101,71 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> P
         # every write. Unset, subprocess uses vfork/posix_spawn and runs no Python in the
         # child; the only loss is that Ctrl-C also reaches ffmpeg, which we abort anyway.
         os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
-        imageio.v2.mimwrite(path, list(frames), fps=fps, codec="libx264", macro_block_size=1)
+        require("imageio_ffmpeg", "media", "writing an .mp4")
+        # ffmpeg's exit status is not checked by imageio: quiet, and the file checked instead
+        imageio.v2.mimwrite(
+            path,
+            list(frames),
+            fps=fps,
+            codec="libx264",
+            macro_block_size=1,
+            ffmpeg_log_level="quiet",
+        )
+        if not _complete_mp4(path):  # on a full disk ffmpeg stops short and says nothing
+            raise RuntimeError(f"{path}: ffmpeg did not finish writing the video")
     elif suffix == ".gif":
         imgs = [Image.fromarray(f) for f in frames]
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
-    else:
-        raise ValueError(f"unknown video format {suffix!r} for {path}; use .mp4 or .gif")
-    return path
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` (same suffix: the writers pick the format by it),
+    renamed to ``path`` once written and removed if writing fails: a full disk leaves no
+    truncated picture or video, and the previous one, if any, stays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # ffmpeg's end: a broken pipe; say why
+        room = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        if room or _no_room(path.parent):
+            code = e.errno if room else errno.ENOSPC
+            raise OSError(code, os.strerror(code), str(path)) from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _complete_mp4(path: Path) -> bool:
+    """Whether the .mp4 at ``path`` is whole: its top-level boxes fill the file exactly
+    and its index (``moov``, written last) is there."""
+    size, pos, kinds = path.stat().st_size, 0, set()
+    with path.open("rb") as f:
+        while pos < size:
+            f.seek(pos)
+            head = f.read(16)
+            if len(head) < 8:
+                return False
+            n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if n == 1 and len(head) == 16:
+                n = int.from_bytes(head[8:16], "big")
+            elif n == 0:
+                n = size - pos
+            if n < 8:
+                return False
+            kinds.add(kind)
+            pos += n
+    return pos == size and b"moov" in kinds
+
+
+def _no_room(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def save_poster(video_path: str | os.PathLike, frames: np.ndarray, index: int = -1) -> Path:
@@ -107,8 +178,8 @@ def save_poster(video_path: str | os.PathLike, frames: np.ndarray, index: int = 
 def save_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     """Write an (H, W, 3|4) uint8 image as PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(img)).save(path)
+    with _atomic(path) as tmp:
+        Image.fromarray(np.asarray(img)).save(tmp)
     return path
 
 

@@ -81,9 +81,11 @@ class GrowingCA:
     def init(self, key: jax.Array) -> dict:
         return _init(self.update(), key, self.in_features())
 
-    def step(self, params) -> Step:
-        update, perceive, rate = self.update(), self.perceive(), self.fire_rate
-        return lambda x, key: growing.growing_step(params, x, key, rate, perceive, update)
+    def step(self, params, form: str | None = None) -> Step:
+        """The step ``(x, key) -> x``; ``form``: ``living`` (the update on the cells that can
+        reach the result), ``dense`` (every cell) or None/``auto`` (living on CPU); both
+        give the same states (:mod:`nca_adv.models.living`)."""
+        return growing.GrowingStep(params, self.fire_rate, self.perceive(), self.update(), form)
 
     def seed(self, h: int, w: int) -> jax.Array:
         return growing.seed_state(h, w, self.channels)

@@ -6,6 +6,7 @@ channels. Any leading batch dimensions are carried through every function.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nca_adv.models import living
 from nca_adv.models.masks import alive_mask, circle_damage_masks, fire_mask
 from nca_adv.models.perceive import sobel_perceive
 from nca_adv.models.rollout import scan_steps, scan_variable_steps
@@ -65,11 +67,73 @@ def growing_step(
     return x * (pre_alive & alive_mask(x))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Apply:
+    """``(params, features) -> dx`` of an update network: hashable, so living steps of one
+    architecture share their compiled pieces."""
+
+    update: nn.Module
+
+    def __call__(self, params, features):
+        return self.update.apply({"params": params}, features)
+
+
+class GrowingStep:
+    """A Growing CA's step as a value, ``(x, key) -> x``: the parameters, fire rate,
+    perception, update network and the form it runs in (``living``: the update only on the
+    cells that can reach the result, see :mod:`nca_adv.models.living`; ``dense``: every
+    cell, :func:`growing_step`). Both give the same states for the same key."""
+
+    def __init__(
+        self, params, fire_rate=FIRE_RATE, perceive=sobel_perceive, update=UPDATE, form=None
+    ):
+        self.params, self.fire_rate = params, float(fire_rate)
+        self.perceive, self.update = perceive, update
+        self.form = living.resolve_form(form)
+
+    def apply(self) -> _Apply:
+        return _Apply(self.update)
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        if self.form == "living":
+            return living.living_step(
+                self.perceive, (self.apply(),), self.fire_rate, (self.params,), x, key
+            )
+        return growing_step(self.params, x, key, self.fire_rate, self.perceive, self.update)
+
+    def fusable_with(self, other) -> bool:
+        """Whether a mixed step of ``self`` and ``other`` can run as one living step."""
+        return (
+            isinstance(other, GrowingStep)
+            and self.form == other.form == "living"
+            and self.perceive is other.perceive
+            and self.fire_rate == other.fire_rate
+        )
+
+
+def mixed_living_step(base: GrowingStep, adversary: GrowingStep, mask) -> Callable:
+    """The adversaries' mixed step (:func:`nca_adv.attacks.adversaries.with_adversaries`) as
+    one living step: one gather, both networks on the needed cells, each keeping its own
+    alive masks, ``mask`` > 0 picking the adversary's result."""
+
+    def step(x, key):
+        return living.living_step(
+            base.perceive,
+            (base.apply(), adversary.apply()),
+            base.fire_rate,
+            (base.params, adversary.params),
+            x,
+            key,
+            mask,
+        )
+
+    return step
+
+
 @functools.partial(jax.jit, static_argnames=("steps", "trajectory", "fire_rate", "perceive"))
 def _rollout(params, x0, key, steps, trajectory, fire_rate, perceive):
-    return scan_steps(
-        lambda x, k: growing_step(params, x, k, fire_rate, perceive), x0, key, steps, trajectory
-    )
+    step = GrowingStep(params, fire_rate, perceive)
+    return scan_steps(step, x0, key, steps, trajectory)
 
 
 def rollout(
@@ -157,7 +221,7 @@ def variable_rollout(
     """
 
     return scan_variable_steps(
-        lambda x, k: growing_step(params, x, k, fire_rate, perceive),
+        GrowingStep(params, fire_rate, perceive),
         x0,
         key,
         n_steps,

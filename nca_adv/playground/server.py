@@ -8,11 +8,19 @@ WebSocket per tab, each holding one session (:mod:`nca_adv.playground.sessions`)
   ``max_fps`` (30) frames per second, each ``steps_per_frame`` steps on (2 for MNIST, 4
   for the lizard by default: on a shared 2-core CPU the frames, not the steps, are what
   costs).
-- Limits: ``max_sessions`` live sockets (the next tab gets a "busy" page or message),
-  messages over 64 KiB are refused with an error (over 1 MiB the socket is closed),
-  WebSockets from another site's page are refused (a page elsewhere cannot drive the CA),
-  static files come from a fixed list, and no message can name a file or load a model.
-  A session is dropped when its socket closes.
+- Fairness: each session has at most one job on the worker threads at a time, and no job
+  is longer than ``sessions.CHUNK_STEPS`` steps (a long ``step`` action runs as several
+  jobs, each queued behind the other sessions' jobs), so the workers go round the sessions.
+- Limits: ``max_sessions`` live sockets (the next tab gets a "busy" page or message, after
+  a short wait for a tab that is just leaving), messages over 64 KiB are refused with an
+  error (over 1 MiB the socket is closed), WebSockets from another site's page are
+  refused (a page elsewhere cannot drive the CA), requests whose Host is not a name this
+  server was started for get 403 (DNS rebinding), static files come from a fixed list,
+  and no message can name a file or load a model.
+- Sessions nobody watches: a page pings while it is visible and says when it is hidden;
+  a hidden page's session, or one that has sent nothing for ``idle_after`` seconds, stops
+  computing, and after ``close_after`` seconds of silence its socket is closed and the
+  session freed. A session is dropped when its socket closes.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import contextlib
 import errno
 import ipaddress
 import itertools
+import logging as pylogging
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -29,11 +38,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from absl import logging
-from aiohttp import WSMsgType, web
 
 from nca_adv.errors import UserError
+from nca_adv.extras import require
 from nca_adv.playground.models import LizardModels, MnistModels
-from nca_adv.playground.sessions import LizardSession, MnistSession, Session
+from nca_adv.playground.sessions import CHUNK_STEPS, LizardSession, MnistSession, Session
+
+_aiohttp = require("aiohttp", "playground", "the playground")
+WSMsgType, web = _aiohttp.WSMsgType, require("aiohttp.web", "playground")
+HttpProcessingError = require("aiohttp.http_exceptions", "playground").HttpProcessingError
 
 STATIC = Path(str(resources.files("nca_adv") / "playground" / "static"))
 PAGES = {"/": "index.html", "/mnist": "mnist.html", "/lizard": "lizard.html"}
@@ -48,6 +61,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+SLOT_WAIT_S = 2.0  # a page that is leaving closes its socket as the next page loads
 
 
 def is_loopback(host: str) -> bool:
@@ -95,9 +111,17 @@ class Playground:
         seed: int = 0,
         max_fps: float = 30.0,
         workers: int = 4,
+        host: str = "127.0.0.1",
+        idle_after: float = 30.0,
+        close_after: float = 120.0,
+        chunk_steps: int = CHUNK_STEPS,
     ):
         if max_sessions < 1:
             raise UserError(f"--max_sessions must be >= 1, got {max_sessions}")
+        self.host_names = allowed_host_names(host)
+        self.any_ip = host.strip("[]") in WILDCARD_HOSTS
+        self.idle_after, self.close_after = idle_after, close_after
+        self.chunk_steps = chunk_steps
         self.factories = {
             "mnist": lambda: MnistSession(mnist_models, seed=seed),
             "lizard": lambda: LizardSession(lizard_models, seed=seed),
@@ -112,7 +136,7 @@ class Playground:
 
     # ------------------------------------------------------------------ app
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_security_headers])
+        app = web.Application(middlewares=[_security_headers, self._check_host])
         for path in PAGES:
             app.router.add_get(path, self.page)
         app.router.add_get("/static/{name}", self.static)
@@ -127,9 +151,42 @@ class Playground:
     def busy(self) -> bool:
         return len(self.sessions) >= self.max_sessions
 
+    async def _wait_for_slot(self) -> bool:
+        """Whether a session slot is free, waiting up to ``SLOT_WAIT_S`` for one (the page
+        a reader just left closes its socket while the next page loads)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOT_WAIT_S
+        while self.busy() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.busy()
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler):
+        """Only the Host names this server was started for (a page on another name that
+        resolves here, DNS rebinding, gets nothing)."""
+        if not self.host_allowed(request):
+            raise web.HTTPForbidden(text="unknown Host: use the address the server printed")
+        return await handler(request)
+
+    def host_allowed(self, request: web.Request) -> bool:
+        name, port = split_host(request.host)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        local_port = sockname[1] if sockname else None
+        if port is None:
+            port = 80
+        if local_port is not None and port != local_port:
+            return False
+        if name in self.host_names:
+            return True
+        if self.any_ip:  # --host=0.0.0.0: any address of this machine (never a DNS name)
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(name)
+                return True
+        return False
+
     async def page(self, request: web.Request) -> web.Response:
         name = PAGES[request.path]
-        if name != "index.html" and self.busy():
+        if name != "index.html" and not await self._wait_for_slot():
             return self._file("busy.html", status=503)
         return self._file(name)
 
@@ -149,23 +206,30 @@ class Playground:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         if not _same_origin(request):
             raise web.HTTPForbidden(text="WebSocket from another site's page refused")
-        ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=30.0)
+        # No compression: on this machine's own network it costs more CPU than it saves,
+        # and aiohttp compresses large frames in tasks that outlive a tab that leaves.
+        ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=30.0, compress=False)
         await ws.prepare(request)
-        if self.busy():
-            await ws.send_json(
-                {
-                    "type": "busy",
-                    "message": f"the playground is busy: {self.max_sessions} sessions are "
-                    "open (close a tab, or start the server with a larger --max_sessions)",
-                }
-            )
-            await ws.close()
+        if not await self._wait_for_slot():
+            with contextlib.suppress(*GONE):
+                await ws.send_json(
+                    {
+                        "type": "busy",
+                        "message": f"The playground is busy: {self.max_sessions} sessions are "
+                        "open. Close another tab and reload this page, or start the server "
+                        "with a larger --max_sessions.",
+                    }
+                )
+                await ws.close()
             return ws
         sid = next(self._ids)
         session = self.factories[request.match_info["kind"]]()
         self.sessions[sid] = session
+        loop = asyncio.get_running_loop()
         lock, wake = asyncio.Lock(), asyncio.Event()
+        seen = [loop.time()]  # when the page last spoke
         player = asyncio.create_task(self._play(ws, session, lock, wake))
+        watcher = asyncio.create_task(self._watch(ws, session, seen, wake))
         try:
             await ws.send_json(session.hello())
             async with lock:
@@ -173,37 +237,71 @@ class Playground:
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
-                async with lock:
-                    reply = await self._run(_answer, session, msg.data)
-                    if isinstance(reply, dict):
-                        await ws.send_json(reply)
-                    else:
-                        await ws.send_bytes(reply)
-                if session.playing:
+                seen[0] = loop.time()
+                session.unwatched = False
+                reply = await self._answer(session, lock, msg.data)
+                if isinstance(reply, dict):
+                    await ws.send_json(reply)
+                else:
+                    await ws.send_bytes(reply)
+                if session.running:
                     wake.set()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (*GONE, asyncio.CancelledError):
             pass
         finally:
-            player.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                await player
+            for task in (player, watcher):
+                task.cancel()
+            for task in (player, watcher):
+                with contextlib.suppress(asyncio.CancelledError, *GONE):
+                    await task
             del self.sessions[sid]  # the session's state goes with it
         return ws
 
+    async def _answer(self, session: Session, lock: asyncio.Lock, raw) -> dict | bytes:
+        """An action's reply: the error, or the frame after it. A long ``step`` runs as
+        jobs of at most ``chunk_steps`` steps, the lock let go between them, so that the
+        other sessions' jobs take their turns on the workers."""
+        async with lock:
+            error = await self._run(session.handle, raw, True)
+            if error is not None:
+                return error
+        while session.pending_steps:
+            async with lock:
+                await self._run(session.run_pending, self.chunk_steps)
+        async with lock:
+            return await self._run(session.frame)
+
     async def _play(self, ws, session: Session, lock: asyncio.Lock, wake: asyncio.Event):
-        """While the session plays: a tick and a frame every ``frame_interval`` at most."""
+        """While the session plays (and someone watches): a tick and a frame every
+        ``frame_interval`` at most."""
         loop = asyncio.get_running_loop()
         while not ws.closed:
-            if not session.playing:
+            if not session.running:
                 wake.clear()
                 await wake.wait()
                 continue
             start = loop.time()
             async with lock:
                 frame = await self._run(_tick_and_frame, session)
-                if frame is not None:
+                if frame is not None and not ws.closed:
                     await ws.send_bytes(frame)
             await asyncio.sleep(max(0.0, self.frame_interval - (loop.time() - start)))
+
+    async def _watch(self, ws, session: Session, seen: list, wake: asyncio.Event):
+        """A page pings while visible: after ``idle_after`` s of silence its session stops
+        computing, after ``close_after`` s the socket is closed (the slot is freed)."""
+        loop = asyncio.get_running_loop()
+        period = max(0.05, min(self.idle_after, self.close_after) / 4)
+        while not ws.closed:
+            await asyncio.sleep(period)
+            quiet = loop.time() - seen[0]
+            if quiet >= self.close_after:
+                with contextlib.suppress(*GONE):
+                    await ws.close(message=b"nobody watched this session")
+                return
+            if quiet >= self.idle_after and not session.unwatched:
+                session.unwatched = True  # the player waits until the page speaks
+                wake.set()
 
     async def _start_pool(self, app) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="playground-ca")
@@ -212,21 +310,70 @@ class Playground:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _answer(session: Session, raw) -> dict | bytes:
-    """An action's reply, in one trip to a worker thread: the error, or the new frame."""
-    return session.handle(raw) or session.frame()
-
-
 def _tick_and_frame(session: Session) -> bytes | None:
     return session.frame() if session.tick() else None
 
 
+GONE = (ConnectionResetError, ConnectionError)  # a tab that left mid-frame
+
+
 @web.middleware
 async def _security_headers(request, handler):
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:  # 403, 404, 405...: the same headers as any page
+        e.headers.update(SECURITY_HEADERS)
+        raise
     if not isinstance(response, web.WebSocketResponse):
         response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """A Host header -> (lower-case name without brackets, port or None)."""
+    try:
+        parts = urlsplit("//" + host)
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return "", -1
+
+
+def allowed_host_names(host: str) -> frozenset[str]:
+    """The Host names a server started with ``--host=host`` answers to: the loopback
+    names, the --host itself, and for a wildcard (0.0.0.0, ::) this machine's names."""
+    names = {*LOOPBACK_NAMES, host.strip("[]").lower()}
+    if host.strip("[]") in WILDCARD_HOSTS:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names - {""})
+
+
+class _OneLine(pylogging.Filter):
+    """aiohttp's server log: a client that sends a malformed or over-long request, or
+    leaves mid-response, is one warning line, not a traceback."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, (HttpProcessingError, *GONE)):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}".replace("\n", " ")
+            record.args, record.exc_info, record.exc_text = None, None, None
+            record.levelno, record.levelname = pylogging.WARNING, "WARNING"
+        return True
+
+
+def quiet_server_log() -> None:
+    logger = pylogging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _OneLine) for f in logger.filters):
+        logger.addFilter(_OneLine())
+    loop = asyncio.get_running_loop()
+
+    def handle(loop, context):  # a write to a tab that has gone: one line, no traceback
+        exc = context.get("exception")
+        if isinstance(exc, GONE):
+            logging.warning("a client left mid-frame: %s", exc)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -240,6 +387,7 @@ def _same_origin(request: web.Request) -> bool:
 
 async def serve(playground: Playground, sock: socket.socket, ready=None) -> None:
     """Serve on the bound ``sock`` until cancelled (Ctrl-C); ``ready(url)`` once up."""
+    quiet_server_log()
     runner = web.AppRunner(playground.app(), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=1.0)

@@ -42,31 +42,64 @@ from nca_adv.playground import protocol
 from nca_adv.playground.models import COMPLETE, LizardModels, MnistModels
 from nca_adv.playground.protocol import ActionError, boolean, cells, choice, integer, number
 
-# The article's class colours (the project's tab10 family) and Paul Tol's "muted" scheme,
-# designed to stay distinct for colour-blind readers.
+# The vote colours, each at least 3:1 against the page's backgrounds (white and #fafafa,
+# WCAG's contrast for graphics; ``contrast``): "article" is the article's class colours
+# (the project's tab10 family, ``video.CLASS_COLOURS``) with the pale ones (1, 6, 8, 9)
+# darkened in their own hue; "colorblind" is Paul Tol's "muted" scheme, designed to stay
+# distinct for colour-blind readers, with its pale ones darkened the same way, its sand
+# made ochre (apart from olive) and its pale grey a mid grey.
 PALETTES = {
-    "article": np.asarray(video.CLASS_COLOURS, np.uint8),
+    "article": np.array(
+        [
+            [31, 119, 180],
+            [222, 110, 12],
+            [44, 160, 44],
+            [214, 39, 40],
+            [148, 103, 189],
+            [140, 86, 75],
+            [204, 107, 175],
+            [127, 127, 127],
+            [146, 146, 26],
+            [19, 156, 170],
+        ],
+        np.uint8,
+    ),
     "colorblind": np.array(
         [
             [51, 34, 136],
-            [136, 204, 238],
-            [68, 170, 153],
+            [98, 147, 171],
+            [63, 156, 141],
             [17, 119, 51],
-            [153, 153, 51],
-            [221, 204, 119],
+            [145, 145, 48],
+            [160, 115, 20],
             [204, 102, 119],
             [136, 34, 85],
             [170, 68, 153],
-            [221, 221, 221],
+            [110, 110, 110],
         ],
         np.uint8,
     ),
 }
+MIN_CONTRAST = 3.0
 MAX_SPEED = 64  # steps per frame
-MAX_STEPS_PER_ACTION = 1000
+MAX_STEPS_PER_ACTION = 500
+CHUNK_STEPS = 32  # the most steps one job on a worker thread runs (a long step: several)
 K_RANGE = (-1.0, 2.0)
 DEFAULT_CUT_RADIUS = 8
 NO_ADVERSARY = "none"  # the lizard brush that erases adversaries
+
+
+def relative_luminance(rgb) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (0-255 per channel)."""
+    c = np.asarray(rgb, np.float64) / 255.0
+    lin = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def contrast(a, b) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (1 to 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
 
 
 def pack_frame(header: dict, *payload: bytes) -> bytes:
@@ -84,7 +117,10 @@ def unpack_frame(data: bytes) -> tuple[dict, bytes]:
 
 class Session:
     """What both playgrounds share: play / pause / step / speed / palette, the action
-    number echoed in frames (``ack``), a lock (the server calls in from worker threads)."""
+    number echoed in frames (``ack``), a lock (the server calls in from worker threads).
+
+    A session plays (``running``) only while it is playing, its page is visible
+    (``visible`` action) and the server has not marked it ``unwatched``."""
 
     kind = ""
 
@@ -96,8 +132,12 @@ class Session:
         self.ack: int | None = None
         self.frames = 0
         self.step = 0
+        self.pending_steps = 0  # of a "step" action, run in chunks by the server
+        self.hidden = False
+        self.unwatched = False
         self._schemas = {
             "play": {"on": boolean()},
+            "visible": {"on": boolean()},
             "step": {"n": integer(1, MAX_STEPS_PER_ACTION)},
             "speed": {"steps_per_frame": integer(1, MAX_SPEED)},
             "palette": {"name": choice(tuple(PALETTES))},
@@ -121,9 +161,14 @@ class Session:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ public
-    def handle(self, raw: str | bytes) -> dict | None:
+    @property
+    def running(self) -> bool:
+        return self.playing and not self.hidden and not self.unwatched
+
+    def handle(self, raw: str | bytes, defer: bool = False) -> dict | None:
         """Apply one raw message; None on success, else ``{"type": "error", "message"}``
-        and the session is unchanged."""
+        and the session is unchanged. With ``defer`` a ``step`` action's steps are left
+        in ``pending_steps`` for :meth:`run_pending` (the server runs them in chunks)."""
         try:
             action = protocol.parse(raw, self._schemas)
             with self._lock:
@@ -132,15 +177,29 @@ class Session:
                     self.ack = action["seq"]
         except ActionError as e:
             return {"type": "error", "message": str(e)}
+        if not defer:
+            self.run_pending()
         return None
+
+    def run_pending(self, most: int | None = None) -> int:
+        """Run up to ``most`` (None: all) of the pending steps; how many are left."""
+        with self._lock:
+            n = self.pending_steps if most is None else min(most, self.pending_steps)
+            if n > 0:
+                self._advance(n)
+                jax.block_until_ready(self.x)  # the work is done on this thread, not queued
+                self.pending_steps -= n
+            return self.pending_steps
 
     def _dispatch(self, action: dict) -> None:
         kind = action["type"]
         if kind == "play":
             self.playing = action["on"]
+        elif kind == "visible":
+            self.hidden = not action["on"]
         elif kind == "step":
             self.playing = False
-            self._advance(action["n"])
+            self.pending_steps = action["n"]
         elif kind == "speed":
             self.steps_per_frame = action["steps_per_frame"]
         elif kind == "palette":
@@ -149,11 +208,12 @@ class Session:
             self._apply(action)
 
     def tick(self) -> bool:
-        """Advance ``steps_per_frame`` steps if playing; whether it did."""
+        """Advance ``steps_per_frame`` steps if running; whether it did."""
         with self._lock:
-            if self.playing:
+            if self.running:
                 self._advance(self.steps_per_frame)
-            return self.playing
+                jax.block_until_ready(self.x)
+            return self.running
 
     def frame(self) -> bytes:
         """The packed frame (:func:`pack_frame`) of the current state."""
@@ -166,6 +226,7 @@ class Session:
                 step=self.step,
                 ack=self.ack,
                 playing=self.playing,
+                running=self.running,
                 speed=self.steps_per_frame,
                 palette=self.palette,
             )
@@ -178,6 +239,7 @@ class Session:
             "kind": self.kind,
             "palettes": {k: v.tolist() for k, v in PALETTES.items()},
             "max_speed": MAX_SPEED,
+            "max_steps": MAX_STEPS_PER_ACTION,
             "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
             **self._config(),
         }
@@ -442,6 +504,7 @@ class LizardSession(Session):
             "complete": COMPLETE,
             "target": self.target,
             "cut_radius": DEFAULT_CUT_RADIUS,
+            "notes": self.models.notes,
         }
 
     # ------------------------------------------------------------------ state

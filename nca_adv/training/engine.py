@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
+from nca_adv.models import living
+
 Pytree = Any
 Pool = dict[str, jax.Array]
 
@@ -112,6 +114,7 @@ def make_chunk(
     length: int,
     runs: int,
     batch_sharding: NamedSharding | None = None,
+    sequential: bool | None = None,
 ) -> Callable[[dict, Pytree, Pytree], tuple[dict, dict]]:
     """A jitted ``(states, shared, runs) -> (states, metrics)`` running ``length``
     iterations of every run (leading run axis R on ``states``, ``runs`` and the metrics,
@@ -119,7 +122,13 @@ def make_chunk(
 
     With R = 1 the run axis is squeezed rather than vmapped, so the single run keeps the
     ``lax.cond`` that skips unused steps (under ``vmap`` it would become a select).
+    ``sequential``: R > 1 runs one after another in the program (``lax.map``) rather than
+    vmapped, which keeps those conds and the living-cell steps' capacity switch (a
+    differentiated step under ``vmap`` would run every branch); default: when the
+    Growing CA steps are living-cell ones (CPU). Same numbers either way.
     """
+    if sequential is None:
+        sequential = living.resolve_form() == "living"
 
     def one_run(state, shared, run):
         def body(s, _):
@@ -133,6 +142,10 @@ def make_chunk(
             squeeze = functools.partial(jax.tree.map, lambda a: a[0])
             state, metrics = one_run(squeeze(states), shared, squeeze(run_consts))
             return jax.tree.map(lambda a: a[None], (state, metrics))
+    elif sequential:
+
+        def chunk(states, shared, run_consts):
+            return jax.lax.map(lambda a: one_run(a[0], shared, a[1]), (states, run_consts))
     else:
         chunk = jax.vmap(one_run, in_axes=(0, None, 0))
     return jax.jit(chunk, donate_argnums=0)

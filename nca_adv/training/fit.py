@@ -17,9 +17,11 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nca_adv.extras import require
 from nca_adv.training import distributed, engine
 from nca_adv.training.runtime import (
     BATCH_AXIS,
+    DEVICES,
     INPUTS,
     Checkpointer,
     CheckpointError,
@@ -46,6 +48,11 @@ def run_dirs(workdir: str | Path, runs: list[Run]) -> list[Path]:
     """Each run's output folder: the workdir itself for a single run, else ``run_<name>``."""
     workdir = Path(workdir)
     return [workdir] if len(runs) == 1 else [workdir / f"run_{r.name}" for r in runs]
+
+
+def _sequential(state_sharding) -> bool | None:
+    """Runs sharded whole over devices stay vmapped; otherwise the engine's default."""
+    return False if state_sharding is not None else None
 
 
 def placement(
@@ -110,6 +117,7 @@ def fit(
         distributed.check_mesh(mesh)
     state_sharding, batch_sharding = placement(mesh, len(runs), recipe.batch_size)
     workdir = Path(workdir)
+    require("orbax.checkpoint", "checkpoints", "training in a workdir")  # before any file
     if resume and not (workdir / "checkpoints").is_dir():
         raise CheckpointError(
             f"--resume: {workdir} holds no checkpoints/ (a new, misspelt or emptied workdir); "
@@ -131,6 +139,7 @@ def fit(
         # base or data file is refused like one with other settings.
         inputs = input_hashes(shared, {r.name: r.consts for r in runs})
         config = {**(config or {}), "runs": [r.name for r in runs], INPUTS: inputs}
+        config[DEVICES] = 1 if mesh is None else int(mesh.devices.size)
         check_config(workdir, config, resume)
         keys = jax.numpy.stack([jax.random.PRNGKey(r.seed) for r in runs])
         run_consts = engine.stack_runs([r.consts for r in runs])
@@ -163,6 +172,7 @@ def fit(
             math.gcd(chunk, checkpoint_every),
             checkpoint_every,
             batch_sharding,
+            _sequential(state_sharding),
         )
     finally:
         for w in writers:
@@ -192,7 +202,19 @@ def _check_resumable(ckpt: Checkpointer, iterations: int) -> None:
 
 
 def _train(
-    recipe, states, shared, run_consts, runs, writers, ckpt, start, total, length, every, sharding
+    recipe,
+    states,
+    shared,
+    run_consts,
+    runs,
+    writers,
+    ckpt,
+    start,
+    total,
+    length,
+    every,
+    sharding,
+    sequential=None,
 ):
     compiled: dict[int, Any] = {}
     progress = Progress(start, total)
@@ -201,7 +223,7 @@ def _train(
         end = min(total, (i // length + 1) * length)
         n = end - i
         if n not in compiled:
-            compiled[n] = engine.make_chunk(recipe, n, len(runs), sharding)
+            compiled[n] = engine.make_chunk(recipe, n, len(runs), sharding, sequential=sequential)
         states, metrics = compiled[n](states, shared, run_consts)
         metrics = distributed.host_value(metrics)  # every process checks for divergence
         for r in range(len(runs)):

@@ -8,6 +8,9 @@ import hashlib
 import json
 import logging as std_logging
 import os
+import re
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,13 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nca_adv.extras import lazy
 from nca_adv.training import distributed
+
+ocp = lazy("orbax.checkpoint", "checkpoints", what="checkpointing")  # imported at first use
 
 BATCH_AXIS = "batch"
 
@@ -99,10 +104,17 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 class _QuietOrbax(std_logging.Filter):
-    """Drop orbax's INFO chatter (dozens of lines per save) so progress lines stay readable."""
+    """Drop orbax's INFO chatter (dozens of lines per save) so progress lines stay readable,
+    and every record during a save and after a failed one (``silent``): on a full disk
+    orbax's threads each log the same error with a traceback, some after the save has
+    returned, where :meth:`Checkpointer.save` says it in one line."""
+
+    silent = False
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+        if "orbax" not in record.pathname:
+            return True
+        return record.levelno >= std_logging.WARNING and not _QuietOrbax.silent
 
 
 std_logging.getLogger("absl").addFilter(_QuietOrbax())
@@ -180,16 +192,44 @@ class Checkpointer:
         # step then has its hash, and a kill between the two leaves a hash without a step
         # (ignored, and replaced when that step is saved again), never an unhashed step.
         digest = content_hash(state)  # every process takes part; process 0 writes
-        if distributed.is_main_process():
-            write_atomic(self._hash_file(step), digest + "\n")
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-        self._manager.wait_until_finished()
+        _hush_failed_saves()  # its noise may come before the save fails
+        try:
+            _QuietOrbax.silent = True
+            if distributed.is_main_process():
+                write_atomic(self._hash_file(step), digest + "\n")
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            self._manager.wait_until_finished()
+            _QuietOrbax.silent = False
+        except Exception as e:  # a full disk, a read-only or vanished folder: one line
+            # orbax's other threads may fail after this: they stay silent
+            self._discard(step)
+            kept = [s for s in self.steps() if s != step]
+            raise CheckpointError(
+                f"cannot save the checkpoint of iteration {step} in {self.directory}: "
+                f"{_write_failure(e)}; "
+                + (
+                    f"the checkpoint of iteration {kept[-1]} is kept (--resume continues from "
+                    "it once the cause is fixed)"
+                    if kept
+                    else "there is no earlier checkpoint"
+                )
+            ) from e
         if not distributed.is_main_process():
             return
         kept = set(self.steps())
         for f in self.directory.glob("*.sha256"):
             if f.stem.isdigit() and int(f.stem) not in kept:
                 f.unlink()
+
+    def _discard(self, step: int) -> None:
+        """Remove what a failed save of ``step`` left (its temporary folder and hash), to
+        give back the space; the committed steps are untouched."""
+        if not distributed.is_main_process():
+            return
+        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if step not in self.steps():
+            self._hash_file(step).unlink(missing_ok=True)
 
     def restore_step(self, like: Any, step: int) -> Any:
         """Restore ``step`` into the structure, shapes, dtypes and shardings of ``like``."""
@@ -261,6 +301,39 @@ class Checkpointer:
         self._manager.close()
 
 
+def _hush_failed_saves() -> None:
+    """Silence what a failing orbax save prints beside its error: tensorstore's writes
+    still in flight complete into the closed event loop of orbax's save thread and print
+    "Event loop is closed" tracebacks through ``sys.excepthook``, and orbax's unfinished
+    coroutines are reported at exit; the save's one error says what happened. Installed
+    once; every other exception is reported as before."""
+
+    def aftermath(exc: BaseException | None, tb) -> bool:
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            return tb is not None and tb.tb_frame.f_code.co_filename.endswith("base_events.py")
+        return False
+
+    hook, unraisable = sys.excepthook, sys.unraisablehook
+    if getattr(hook, "_nca_adv_hushed", False):
+        return
+
+    def excepthook(kind, value, tb):
+        if not aftermath(value, tb):
+            hook(kind, value, tb)
+
+    def unraisablehook(report):
+        code = getattr(report.object, "cr_code", None)
+        if code is not None and ("orbax" in code.co_filename or "tensorstore" in code.co_filename):
+            return
+        if not aftermath(report.exc_value, report.exc_traceback):
+            unraisable(report)
+
+    excepthook._nca_adv_hushed = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 def _unusable(directory: Path, step: int, reason: str) -> CheckpointError:
     """The error of one unusable step; ``reason`` (without the path) kept for summaries."""
     e = CheckpointError(f"checkpoint {directory}/{step} {reason}")
@@ -268,12 +341,32 @@ def _unusable(directory: Path, step: int, reason: str) -> CheckpointError:
     return e
 
 
+def _write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words: the OS error of ``e`` or of its causes (orbax and
+    tensorstore wrap it in their own errors), else ``e``'s first line."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if code:
+        return os.strerror(int(code.group(1))).lower()
+    return _first_line(e)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the
-    old file or the new one, never a torn one."""
+    old file or the new one, never a torn one, and a failed write (a full disk) leaves the
+    old file and no temporary one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _assert_same_structure(like: Any, state: Any, where: Path) -> None:
@@ -407,13 +500,16 @@ def input_hashes(shared: Any, runs: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+DEVICES = "devices"  # config.json key: devices the run's batch was split over (not a setting)
+
+
 def config_differences(saved: dict, config: dict) -> list[str]:
     """The settings that differ, ``key: old -> new``, and the changed inputs by name (their
     hashes are compared only when both configurations recorded them)."""
     diff = [
         f"{k}: {saved.get(k, '(unset)')!r} -> {config.get(k, '(unset)')!r}"
         for k in sorted(set(saved) | set(config))
-        if k != INPUTS and saved.get(k) != config.get(k)
+        if k not in (INPUTS, DEVICES) and saved.get(k) != config.get(k)
     ]
     old, new = saved.get(INPUTS), config.get(INPUTS)
     if isinstance(old, dict) and isinstance(new, dict):
@@ -471,6 +567,15 @@ def check_config(workdir: Path, config: dict, resume: bool) -> None:
             raise CheckpointError(
                 f"--resume with a configuration that differs from the run in {workdir}: "
                 + "; ".join(diff)
+            )
+        before, now = saved.get(DEVICES), config.get(DEVICES)
+        if before is not None and now is not None and before != now:
+            logging.warning(
+                "%s was trained on %s device(s) and resumes on %s: the result will be close "
+                "to, not bit for bit, that of an uninterrupted run",
+                workdir,
+                before,
+                now,
             )
         if INPUTS in saved or INPUTS not in config:
             return

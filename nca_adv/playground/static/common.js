@@ -33,13 +33,17 @@ export function decodeFrame(buffer, h, w) {
 // Measured on the page: CA steps shown per second, and click -> frame drawn latency.
 export const stats = {
   frames: 0,
-  stepsPerSecond: 0,
+  stepsPerSecond: null,
   latencies: [],
   lastLatency: null,
   step: 0,
   errors: [],
+  notices: [],
 };
 window.ncaStats = stats;
+
+const PING_MS = 10000; // a visible page says so this often (the server stops unwatched sessions)
+const RATE_WINDOW_MS = 2000;
 
 export class Session {
   constructor(kind, handlers) {
@@ -47,21 +51,94 @@ export class Session {
     this.handlers = handlers;
     this.seq = 0;
     this.pending = new Map(); // seq -> time of the user's event
-    this.history = []; // [time, step] of drawn frames, last 2 s
+    this.history = []; // [time, step] of drawn frames while running, last 2 s
     this.lastFrame = 0;
     this.closed = false;
+    this.busy = false;
+    this.leaving = false;
+    this.ping = null;
+    window.ncaSession = this; // for the console and the browser tests
+    // Leaving the page (a link, back/forward, closing the tab) frees the session at once,
+    // also when the browser keeps the page in its back/forward cache; a page shown again
+    // from that cache starts afresh. A hidden page's session stops computing.
+    window.addEventListener("pagehide", () => this.leave());
+    window.addEventListener("pageshow", (ev) => {
+      if (ev.persisted) location.reload();
+    });
+    document.addEventListener("visibilitychange", () => this.visibility());
   }
 
   connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/${this.kind}`);
     ws.binaryType = "arraybuffer";
-    ws.onmessage = (ev) => this.receive(ev.data);
-    ws.onclose = () => {
+    ws.onmessage = (ev) => {
+      if (this.ws === ws) this.receive(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
       this.closed = true;
+      this.stopPing();
+      showRate(null, "ended");
+      setTransport(false);
+      if (this.leaving || this.busy) return; // the busy notice stays
+      if (ev.reason === "nobody watched this session" && !document.hidden) {
+        this.reconnect(); // a page frozen in the background and now shown again
+        showNotice("The previous session was closed while this page was not shown; a new one started.", "info");
+        return;
+      }
+      if (ev.reason === "nobody watched this session") return; // reconnects when shown
       this.handlers.onClose && this.handlers.onClose();
     };
     this.ws = ws;
+    this.closed = false;
+    this.busy = false;
+    this.leaving = false;
+    setTransport(true);
+    this.history = [];
+    this.lastFrame = 0;
+    this.startPing();
+  }
+
+  // A new session in place of this one (its state is not kept).
+  reconnect() {
+    const old = this.ws;
+    this.ws = null;
+    if (old && old.readyState <= WebSocket.OPEN) old.close(1000, "reconnecting");
+    this.connect();
+  }
+
+  leave() {
+    this.leaving = true;
+    this.stopPing();
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, "page left");
+  }
+
+  visibility() {
+    if (document.hidden) {
+      this.stopPing();
+      this.send({ type: "visible", on: false });
+      return;
+    }
+    if (this.closed && !this.busy && !this.leaving) {
+      this.reconnect();
+      showNotice("The previous session was closed while this page was not shown; a new one started.", "info");
+      return;
+    }
+    this.send({ type: "visible", on: true });
+    this.startPing();
+  }
+
+  startPing() {
+    this.stopPing();
+    this.ping = setInterval(() => {
+      if (!document.hidden) this.send({ type: "visible", on: true });
+    }, PING_MS);
+  }
+
+  stopPing() {
+    if (this.ping !== null) clearInterval(this.ping);
+    this.ping = null;
   }
 
   // Send an action; ``since`` (an event's timeStamp) starts a latency measurement.
@@ -75,11 +152,15 @@ export class Session {
   receive(data) {
     if (typeof data === "string") {
       const msg = JSON.parse(data);
-      if (msg.type === "hello") this.handlers.onHello(msg);
-      else if (msg.type === "busy") this.handlers.onBusy(msg.message);
-      else if (msg.type === "error") {
+      if (msg.type === "hello") {
+        this.handlers.onHello(msg);
+        if (document.hidden) this.send({ type: "visible", on: false });
+      } else if (msg.type === "busy") {
+        this.busy = true;
+        showNotice(msg.message, "busy");
+      } else if (msg.type === "error") {
         stats.errors.push(msg.message);
-        this.handlers.onError(msg.message);
+        showNotice(msg.message, "error");
       }
       return;
     }
@@ -93,11 +174,21 @@ export class Session {
   account(header) {
     const now = performance.now();
     stats.frames += 1;
+    const last = this.history.length ? this.history[this.history.length - 1][1] : null;
+    if (!header.running || (last !== null && header.step < last)) this.history = [];
     stats.step = header.step;
-    this.history.push([now, header.step]);
-    while (this.history.length > 2 && now - this.history[0][0] > 2000) this.history.shift();
-    const [t0, s0] = this.history[0];
-    stats.stepsPerSecond = now > t0 && header.step >= s0 ? ((header.step - s0) * 1000) / (now - t0) : 0;
+    if (header.running) this.history.push([now, header.step]);
+    while (this.history.length > 2 && now - this.history[0][0] > RATE_WINDOW_MS) this.history.shift();
+    if (!header.running) {
+      stats.stepsPerSecond = null;
+      showRate(null, header.playing ? "waiting" : "paused");
+    } else if (this.history.length >= 3 && now - this.history[0][0] >= 200) {
+      const [t0, s0] = this.history[0];
+      stats.stepsPerSecond = ((header.step - s0) * 1000) / (now - t0);
+      showRate(stats.stepsPerSecond);
+    } else {
+      showRate(null, "measuring");
+    }
     if (header.ack !== null) {
       for (const [seq, since] of this.pending) {
         if (seq > header.ack) continue;
@@ -112,9 +203,28 @@ export class Session {
         });
       }
     }
-    const rate = document.getElementById("rate");
-    if (rate) rate.textContent = `${stats.stepsPerSecond.toFixed(0)} steps/s`;
   }
+}
+
+// Play and Step only while there is a session to run.
+function setTransport(on) {
+  for (const id of ["play", "step-once"]) {
+    const el = document.getElementById(id);
+    if (el) el.disabled = !on;
+  }
+  const play = document.getElementById("play");
+  if (play && !on) {
+    play.textContent = "Play";
+    play.dataset.playing = "false";
+  }
+}
+
+// The steps/s readout: a measured rate, or what the session is doing instead.
+function showRate(rate, state) {
+  const el = document.getElementById("rate");
+  if (!el) return;
+  if (rate !== null) el.textContent = `${rate.toFixed(0)} steps/s`;
+  else el.textContent = { paused: "paused", ended: "- steps/s", waiting: "stopped while hidden", measuring: "measuring steps/s" }[state];
 }
 
 // Draw an h x w RGBA frame scaled up to ``canvas`` without smoothing.
@@ -179,7 +289,9 @@ export function wireTransport(session, onPalette) {
     onPalette && onPalette(palette.value);
   });
   document.addEventListener("keydown", (ev) => {
-    if (ev.key === " " && !isTyping(ev)) {
+    // Space plays or pauses only when no control has the focus: on a focused button,
+    // link, box or the grid, Space is that control's own key.
+    if (ev.key === " " && !isControl(ev.target) && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
       ev.preventDefault();
       play.click();
     }
@@ -208,9 +320,83 @@ export function isTyping(ev) {
   return t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA") && t.type !== "range";
 }
 
+// Whether the element has keys of its own (buttons, links, form fields, the grid...).
+export function isControl(t) {
+  if (!t || t === document.body || t === document.documentElement) return false;
+  if (["BUTTON", "A", "INPUT", "SELECT", "TEXTAREA", "SUMMARY", "OPTION", "CANVAS", "LABEL"].includes(t.tagName)) return true;
+  return t.isContentEditable || t.hasAttribute("role") || t.tabIndex >= 0;
+}
+
+// One notice under the grid (also read out: it is a live region). An "ended" notice does
+// not replace a busy one (the server closes a busy page's socket just after saying so).
 export function showNotice(text, kind) {
   const el = document.getElementById("notice");
-  el.textContent = text;
+  if (el.dataset.kind === "busy" && kind !== "busy" && text) return;
+  // Flags (--max_sessions) in code, never broken across lines.
+  el.replaceChildren(
+    ...String(text || "")
+      .split(/(--[a-z_]+)/)
+      .map((part, i) => {
+        if (i % 2 === 0) return document.createTextNode(part);
+        const code = document.createElement("code");
+        code.textContent = part;
+        return code;
+      }),
+  );
   el.className = `notice ${kind || ""}`;
+  el.dataset.kind = kind || "";
   el.hidden = !text;
+  if (text) stats.notices.push(text);
+}
+
+// Say ``text`` to screen readers (a polite live region), without showing it.
+export function announce(text) {
+  const el = document.getElementById("announce");
+  if (el && el.textContent !== text) el.textContent = text;
+}
+
+// The grid from the keyboard: the arrows move a cursor (Shift: 4 cells), Enter or Space
+// acts at it, Delete or Backspace erases there. ``act(cell, erase)``; ``moved()`` redraws.
+export function wireGridKeys(canvas, size, act, moved) {
+  canvas.tabIndex = 0;
+  canvas._cursor = null;
+  canvas.addEventListener("focus", () => {
+    const [hh, ww] = size();
+    if (!canvas._cursor) canvas._cursor = [Math.floor(hh / 2), Math.floor(ww / 2)];
+    moved();
+  });
+  canvas.addEventListener("blur", moved);
+  canvas.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const [hh, ww] = size();
+    const by = ev.shiftKey ? 4 : 1;
+    const moves = { ArrowUp: [-by, 0], ArrowDown: [by, 0], ArrowLeft: [0, -by], ArrowRight: [0, by] };
+    let cur = canvas._cursor || [Math.floor(hh / 2), Math.floor(ww / 2)];
+    if (ev.key in moves) {
+      const [dr, dc] = moves[ev.key];
+      cur = [Math.min(hh - 1, Math.max(0, cur[0] + dr)), Math.min(ww - 1, Math.max(0, cur[1] + dc))];
+      canvas._cursor = cur;
+      announce(`row ${cur[0] + 1}, column ${cur[1] + 1}`);
+      moved();
+    } else if (ev.key === "Enter" || ev.key === " ") {
+      act(cur, false, ev);
+    } else if (ev.key === "Delete" || ev.key === "Backspace") {
+      act(cur, true, ev);
+    } else {
+      return;
+    }
+    ev.preventDefault();
+  });
+}
+
+// The keyboard cursor on the grid, while the grid has the focus.
+export function drawCursor(canvas, ctx, h, w) {
+  if (!canvas._cursor || document.activeElement !== canvas) return;
+  const s = canvas.width / w;
+  const [r, c] = canvas._cursor;
+  ctx.lineWidth = 2;
+  ctx.strokeStyle = "#fff";
+  ctx.strokeRect(c * s - 1, r * s - 1, s + 2, s + 2);
+  ctx.strokeStyle = "#1d1d1f";
+  ctx.strokeRect(c * s + 1, r * s + 1, s - 2, s - 2);
 }

@@ -1,19 +1,40 @@
 // The lizard playground: grow, cut, mix the perturbations, paint growing adversaries.
-import { Session, wireTransport, drawCells, cellAt, lineCells, hexColour, showNotice } from "/static/common.js";
+import {
+  Session,
+  wireTransport,
+  drawCells,
+  cellAt,
+  lineCells,
+  hexColour,
+  showNotice,
+  announce,
+  wireGridKeys,
+  drawCursor,
+} from "/static/common.js";
 
 const canvas = document.getElementById("board");
 const plot = document.getElementById("loss-plot");
 let hello = null;
 let palettes = null;
-let paletteName = document.getElementById("palette").value;
+let paletteName = "article"; // the saved one, once wireTransport has restored it (below)
 let tool = "cut"; // "cut" or an adversary name or "none" (erase adversaries)
 let h = 72, w = 72;
 let drawing = false;
 let last = null;
+let lastFrame = null;
 const history = []; // [loss_target, loss_complete]
-// Palette entries used for the adversary marks and the two loss curves.
-const MARK_COLOURS = [6, 0, 8];
+// The adversary marks: the red adversary's in red, the others in dark colours that stand
+// out on the lizard; the swatches have a white ring, so they show on a pressed button too.
+const MARK_COLOURS = { red: [200, 30, 30], tailless: [20, 20, 20] };
+const OTHER_MARKS = [
+  [20, 20, 20],
+  [106, 61, 154],
+  [0, 105, 92],
+];
+// The two loss curves: palette entries, and a dash for the complete lizard's, so that
+// they differ by more than their hue.
 const CURVE = { target: 3, complete: 2 };
+const DASH = { target: [], complete: [6, 4] };
 
 const session = new Session("lizard", {
   onHello(msg) {
@@ -24,25 +45,27 @@ const session = new Session("lizard", {
     buildSliders(msg);
     buildTargets(msg);
     buildTools(msg);
+    buildNotes(msg);
     colourKey();
     transport.start(msg);
   },
   onFrame(frame) {
+    lastFrame = frame;
     draw(frame);
     show(frame.header);
     transport.show(frame.header);
   },
-  onError: (message) => showNotice(message, "error"),
-  onBusy: (message) => showNotice(message, "error"),
   onClose: () => showNotice("The session has ended (server stopped or connection lost): reload the page.", "error"),
 });
 const transport = wireTransport(session, (name) => {
   paletteName = name;
   colourKey();
 });
+paletteName = document.getElementById("palette").value; // restored by wireTransport
 
 function markColour(j) {
-  return palettes ? palettes[paletteName][MARK_COLOURS[j % MARK_COLOURS.length]] : [0, 0, 0];
+  const name = hello ? hello.adversaries[j] : null;
+  return MARK_COLOURS[name] || OTHER_MARKS[j % OTHER_MARKS.length];
 }
 
 function draw(frame) {
@@ -56,6 +79,7 @@ function draw(frame) {
     const row = Math.floor(i / frame.w), col = i % frame.w;
     ctx.fillRect(col * s + s * 0.3, row * s + s * 0.3, s * 0.4, s * 0.4);
   }
+  drawCursor(canvas, ctx, frame.h, frame.w);
 }
 
 function show(header) {
@@ -72,10 +96,16 @@ function show(header) {
       document.getElementById(`k-${name}-value`).textContent = k.toFixed(2);
     }
   }
+  const counts = Object.entries(header.adversary_cells).map(([name, n]) => `${n} ${name}`);
+  const said = counts.length ? `adversarial cells: ${counts.join(", ")}` : "";
+  if (said && said !== lastSaid) announce(said);
+  lastSaid = said;
   history.push([header.loss_target, header.loss_complete]);
   if (history.length > 400) history.shift();
   drawPlot();
 }
+
+let lastSaid = "";
 
 function drawPlot() {
   const ctx = plot.getContext("2d");
@@ -86,6 +116,7 @@ function drawPlot() {
   const y = (v) => plot.height - ((Math.log10(Math.max(v, 1e-12)) - lo) / (hi - lo)) * plot.height;
   for (const [which, idx] of [["target", 0], ["complete", 1]]) {
     ctx.strokeStyle = hexColour(palettes[paletteName][CURVE[which]]);
+    ctx.setLineDash(DASH[which]);
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     history.forEach((p, i) => {
@@ -95,12 +126,13 @@ function drawPlot() {
     });
     ctx.stroke();
   }
+  ctx.setLineDash([]);
 }
 
 function colourKey() {
   if (!palettes) return;
-  document.getElementById("swatch-target").style.background = hexColour(palettes[paletteName][CURVE.target]);
-  document.getElementById("swatch-complete").style.background = hexColour(palettes[paletteName][CURVE.complete]);
+  document.getElementById("swatch-target").style.borderTopColor = hexColour(palettes[paletteName][CURVE.target]);
+  document.getElementById("swatch-complete").style.borderTopColor = hexColour(palettes[paletteName][CURVE.complete]);
   (hello ? hello.adversaries : []).forEach((name, j) => {
     const sw = document.getElementById(`swatch-adv-${j}`);
     if (sw) sw.style.background = hexColour(markColour(j));
@@ -174,7 +206,8 @@ function buildTools(msg) {
     b.textContent = "Erase adversaries";
     b.addEventListener("click", () => setTool("none"));
     tools.append(b);
-    note.textContent = "Adversary brushes paint cells that run the adversary's CA.";
+    const said = msg.adversaries.map((name) => (msg.notes && msg.notes.adversaries ? msg.notes.adversaries[name] : null));
+    note.textContent = ["Adversary brushes paint cells that run the adversary's CA.", ...said.filter(Boolean)].join(" ");
   } else {
     const b = document.createElement("button");
     b.disabled = true;
@@ -191,6 +224,28 @@ function setTool(name) {
     const id = b.id.replace("tool-adv-", "").replace("tool-", "");
     b.setAttribute("aria-pressed", String(id === name));
   }
+  announce(name === "cut" ? "Cut tool" : name === "none" ? "Erase adversaries tool" : `Paint ${name} adversary tool`);
+}
+
+// What each shipped matrix reaches today, beside the authors' (from the server).
+function buildNotes(msg) {
+  const rows = msg.notes && msg.notes.perturbations ? msg.notes.perturbations : [];
+  const box = document.getElementById("attack-notes");
+  box.hidden = !rows.length;
+  const body = document.getElementById("notes-body");
+  body.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    for (const v of [row.name, row.ratio.toFixed(2), row.authors.toFixed(2)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    body.append(tr);
+    const slider = document.getElementById(`k-${row.name}`);
+    if (slider) slider.title = `shipped ${row.ratio.toFixed(2)}, the authors' ${row.authors.toFixed(2)} (loss to the edit / to the complete lizard)`;
+  }
+  if (rows.length) document.getElementById("notes-runs").textContent = rows[0].runs;
 }
 document.getElementById("tool-cut").addEventListener("click", () => setTool("cut"));
 
@@ -211,6 +266,24 @@ function paint(cells, ev) {
   for (const cell of cells) for (const [r, c] of disc(cell, radius)) seen.set(r * w + c, [r, c]);
   session.send({ type: "adversary", name: tool, cells: [...seen.values()] }, ev.timeStamp);
 }
+
+// The grid from the keyboard: Enter or Space cut (or paint) at the cursor, Delete erases
+// adversaries there.
+wireGridKeys(
+  canvas,
+  () => [h, w],
+  (cell, erase, ev) => {
+    if (erase) {
+      session.send({ type: "adversary", name: "none", cells: disc(cell, Number(document.getElementById("brush-radius").value)) }, ev.timeStamp);
+    } else if (tool === "cut") {
+      const radius = Number(document.getElementById("cut-radius").value);
+      session.send({ type: "cut", row: cell[0], col: cell[1], radius }, ev.timeStamp);
+    } else {
+      paint([cell], ev);
+    }
+  },
+  () => lastFrame && draw(lastFrame),
+);
 
 canvas.addEventListener("pointerdown", (ev) => {
   const cell = cellAt(canvas, ev, h, w);

@@ -1,5 +1,17 @@
 // The MNIST playground: draw digits, load test digits, place adversaries one by one.
-import { Session, wireTransport, drawCells, cellAt, lineCells, hexColour, isTyping, showNotice } from "/static/common.js";
+import {
+  Session,
+  wireTransport,
+  drawCells,
+  cellAt,
+  lineCells,
+  hexColour,
+  isTyping,
+  showNotice,
+  announce,
+  wireGridKeys,
+  drawCursor,
+} from "/static/common.js";
 
 const SIZE = 28;
 const canvas = document.getElementById("board");
@@ -27,8 +39,6 @@ const session = new Session("mnist", {
     showStats(frame.header);
     transport.show(frame.header);
   },
-  onError: (message) => showNotice(message, "error"),
-  onBusy: (message) => showNotice(message, "error"),
   onClose: () => showNotice("The session has ended (server stopped or connection lost): reload the page.", "error"),
 });
 const transport = wireTransport(session, (name) => {
@@ -56,6 +66,7 @@ function draw(frame) {
     const r = Math.floor(i / SIZE), c = i % SIZE;
     ctx.fillRect(c * s + s * 0.3, r * s + s * 0.3, s * 0.4, s * 0.4);
   }
+  drawCursor(canvas, ctx, SIZE, SIZE);
 }
 
 function buildBars() {
@@ -97,7 +108,15 @@ function showStats(h) {
     h.majority === null ? "no living cell" : `${((100 * h.counts[h.majority]) / h.alive).toFixed(0)} % of ${h.alive} cells`;
   document.getElementById("adv-count").textContent = h.adversaries;
   document.getElementById("loaded").textContent = h.label === null ? "none (drawn)" : `a test ${h.label}`;
+  // Read out when the majority or the adversaries change (not every frame).
+  const said = h.majority === null ? "no living cell" : `majority ${h.majority}`;
+  if (said !== lastSaid[0] || h.adversaries !== lastSaid[1]) {
+    lastSaid = [said, h.adversaries];
+    const share = h.majority === null ? "" : `, ${((100 * h.counts[h.majority]) / h.alive).toFixed(0)} % of ${h.alive} cells`;
+    announce(`${said}${share}; ${h.adversaries} adversarial cells`);
+  }
 }
+let lastSaid = [null, null];
 
 // ------------------------------------------------------------------ drawing
 function brush(cell, erase) {
@@ -134,6 +153,14 @@ function stroke(cells, ev) {
 }
 
 canvas.addEventListener("contextmenu", (ev) => ev.preventDefault());
+// The grid from the keyboard: arrows move the cursor, Enter or Space draw (or place an
+// adversary), Delete erases.
+wireGridKeys(
+  canvas,
+  () => [SIZE, SIZE],
+  (cell, erase, ev) => stroke([cell], { buttons: erase ? 2 : 0, button: erase ? 2 : 0, timeStamp: ev.timeStamp }),
+  () => lastFrame && draw(lastFrame),
+);
 canvas.addEventListener("pointerdown", (ev) => {
   const cell = cellAt(canvas, ev, SIZE, SIZE);
   if (!cell) return;
@@ -162,6 +189,7 @@ function setTool(name) {
   for (const t of ["draw", "erase", "adversary"]) {
     document.getElementById(`tool-${t}`).setAttribute("aria-pressed", String(t === name));
   }
+  announce({ draw: "Draw tool", erase: "Erase tool", adversary: "Adversary tool: each click places adversarial cells" }[name]);
 }
 document.getElementById("tool-draw").addEventListener("click", () => setTool("draw"));
 document.getElementById("tool-erase").addEventListener("click", () => setTool("erase"));
