@@ -203,7 +203,7 @@ def _writable_folder(folder: Path, what: str) -> None:
     """``folder`` exists as a writable folder, or could be created (the nearest existing
     ancestor is a writable folder). Writability is tried with a temporary file, not
     ``os.access``: root passes every access check, and ``/proc`` or a read-only mount
-    refuse files whatever the permission bits say."""
+    refuse files whatever the permission bits say. A full disk is refused too."""
     a = folder.absolute()
     while not a.exists() and a != a.parent:
         if a.is_symlink():  # mkdir would say "file exists"
@@ -223,6 +223,9 @@ def _writable_folder(folder: Path, what: str) -> None:
         raise UserError(
             f"{what}: cannot create files in {a} ({(e.strerror or str(e)).lower()})"
         ) from None
+    st = os.statvfs(a)  # a full disk fails the first write, after the compute: now instead
+    if st.f_blocks and (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0:
+        raise UserError(f"{what}: no space left on device (the disk of {a} is full)")
 
 
 def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] = ()) -> Path:

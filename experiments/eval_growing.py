@@ -28,7 +28,7 @@ from nca_adv.attacks import adversaries, perturbation
 from nca_adv.evaluation import adversary_eval, guards, perturbation_eval
 from nca_adv.io import targets
 from nca_adv.media import adversary_pictures, video
-from nca_adv.models import growing, masks
+from nca_adv.models import architecture, growing, masks
 from nca_adv.models.rollout import scan_steps
 
 from .cli import check_memory
@@ -157,7 +157,7 @@ def _check_flags() -> None:
 def main(argv):
     del argv
     _check_flags()
-    params = io.load_model(FLAGS.model, "growing")
+    params = io.load_ca(FLAGS.model, "growing")  # the model's own architecture and fire rate
     target = targets.load_target(FLAGS.target, padding=FLAGS.padding)
     original = None
     if FLAGS.original_target:  # before any compute: a wrong file fails first
@@ -171,9 +171,10 @@ def main(argv):
     if FLAGS.perturbation:
         return print_result(_perturbation_result(params, target, original))
     h, w = target.shape[:2]
-    x0 = np.broadcast_to(np.asarray(growing.seed_state(h, w)), (FLAGS.runs, h, w, growing.CHANNELS))
+    seed = np.asarray(params.model.seed(h, w))
+    x0 = np.broadcast_to(seed, (FLAGS.runs, *seed.shape))
     trajectory = FLAGS.video is not None
-    xs = growing.rollout_with_damage(
+    xs = _rollout_with_damage(
         params, x0, jax.random.PRNGKey(FLAGS.seed), FLAGS.steps, FLAGS.damage_at, trajectory
     )
     final = xs[-1] if trajectory else xs
@@ -181,6 +182,7 @@ def main(argv):
     alive = np.asarray(masks.alive_mask(final)).sum(axis=(1, 2, 3))
     result = {
         "model": FLAGS.model,
+        **_model_fields(params),
         "target": FLAGS.target,
         "steps": FLAGS.steps,
         "seed": FLAGS.seed,
@@ -200,7 +202,7 @@ def main(argv):
 
 def _adversary_result(params, target, original) -> dict:
     """--adversary: the article's protocol (adversaries.growing_attack), per-run losses."""
-    adv = adversaries.load_adversary(FLAGS.adversary, "growing", params)
+    adv = adversaries.load_adversary_ca(FLAGS.adversary, "growing", params)
     p = FLAGS.adversary_fraction
     key = jax.random.PRNGKey(FLAGS.seed)
     trajectory = FLAGS.video is not None
@@ -211,6 +213,7 @@ def _adversary_result(params, target, original) -> dict:
     loss = np.asarray(growing.growing_loss(final, target))
     result = {
         "model": FLAGS.model,
+        **_model_fields(params),
         "adversary": FLAGS.adversary,
         "adversary_fraction": p,
         "target": FLAGS.target,
@@ -273,6 +276,7 @@ def _perturbation_result(params, target, original) -> dict:
     final = runs[-1].state
     result = {
         "model": FLAGS.model,
+        **_model_fields(params),
         "perturbation": FLAGS.perturbation,
         "schedule": [f"{'on' if r.on else 'off'}:{r.start}-{r.end}" for r in runs],
         "x0": FLAGS.x0,
@@ -302,13 +306,13 @@ def _perturbation_result(params, target, original) -> dict:
 # ----------------------------------------------------------------------------- both attacks
 @functools.partial(jax.jit, static_argnames=("grow_first",))
 def _inject(base, alpha, keys, p, grow_first: int):
-    """Per run key: the lizard grown by the base alone, its adversary mask and the key of
-    the attack's steps: the draws of adversary_eval.growing_attack."""
-    x0 = growing.seed_state(*alpha.shape)
+    """Per run key: the lizard grown by the base (a CA) alone, its adversary mask and the
+    key of the attack's steps: the draws of adversary_eval.growing_attack."""
+    x0 = base.model.seed(*alpha.shape)
 
     def one(key):
         k_grow, k_mask, k_run = jax.random.split(key, 3)
-        grown = scan_steps(lambda x, k: growing.growing_step(base, x, k), x0, k_grow, grow_first)
+        grown = scan_steps(base.step, x0, k_grow, grow_first)
         return grown, adversaries.growing_adversary_mask(k_mask, alpha, p), k_run
 
     return jax.vmap(one)(keys)
@@ -322,9 +326,7 @@ def _attack_phase(base, adv, a, x, masks, run_keys, start, length: int, on: bool
     states (R, H, W, 16), and with ``trajectory`` every state (R, length, H, W, 16)."""
 
     def one(x, mask, k_run):
-        mixed = adversaries.with_adversaries(lambda x, k: growing.growing_step(adv, x, k), mask)(
-            lambda x, k: growing.growing_step(base, x, k)
-        )
+        mixed = adversaries.with_adversaries(adv.step, mask)(base.step)  # as growing_attack
         step = perturbation.perturb(a)(mixed) if on else mixed
 
         def body(x, i):
@@ -340,7 +342,7 @@ def _perturbed_attack_result(params, target, original) -> dict:
     """--adversary with --perturbation: the attack's protocol (grow, inject), then its mixed
     steps under the perturbation where the schedule is on; losses per phase. With the
     perturbation off throughout it is --adversary alone, bit for bit."""
-    adv = adversaries.load_adversary(FLAGS.adversary, "growing", params)
+    adv = adversaries.load_adversary_ca(FLAGS.adversary, "growing", params)
     adversaries.check_compatible(params, adv)
     a = jnp.asarray(perturbation.load_perturbation(FLAGS.perturbation), jnp.float32)
     phases = perturbation.parse_phases(FLAGS.perturbation_schedule, FLAGS.steps)
@@ -359,6 +361,7 @@ def _perturbed_attack_result(params, target, original) -> dict:
     final = ends[-1][3]
     result = {
         "model": FLAGS.model,
+        **_model_fields(params),
         "adversary": FLAGS.adversary,
         "adversary_fraction": FLAGS.adversary_fraction,
         "perturbation": FLAGS.perturbation,
@@ -385,6 +388,34 @@ def _perturbed_attack_result(params, target, original) -> dict:
         pictures = adversary_pictures.growing_frames(states, mask, FLAGS.zoom)
         result["video"] = str(video.write_video(FLAGS.video, pictures))
     return result
+
+
+def _model_fields(ca) -> dict:
+    """What the result says about the model it ran: its fire rate and architecture."""
+    return {"fire_rate": ca.model.fire_rate, "architecture": architecture.to_dict(ca.model)}
+
+
+def _rollout_with_damage(ca, x0, key, steps: int, damage_at, trajectory: bool):
+    """growing.rollout_with_damage for any Growing CA (its own architecture and fire rate):
+    the same keys, so the article's model gives the same states."""
+    growing.check_state(x0, ca.model.channels)
+    if damage_at is None:
+        return _roll(ca, x0, key, steps, trajectory)
+    if not 0 <= damage_at < steps:
+        raise ValueError(f"damage_at must lie in [0, {steps}), got {damage_at}")
+    k_first, k_damage, k_rest = jax.random.split(key, 3)
+    first = _roll(ca, x0, k_first, damage_at, trajectory)
+    before = (first[-1] if damage_at else jnp.asarray(x0)) if trajectory else first
+    batch = before.reshape(-1, *before.shape[-3:])
+    cut = masks.circle_damage_masks(k_damage, batch.shape[0], *batch.shape[1:3])
+    cut = (batch * cut).reshape(before.shape)
+    rest = _roll(ca, cut, k_rest, steps - damage_at, trajectory)
+    return jnp.concatenate([first, cut[None], rest]) if trajectory else rest
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "trajectory"))
+def _roll(ca, x0, key, steps, trajectory):
+    return scan_steps(ca.step, x0, key, steps, trajectory)
 
 
 def _alive_cells(x) -> np.ndarray:

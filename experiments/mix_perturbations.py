@@ -76,7 +76,7 @@ def main(argv):
     spec = ",".join(terms)
     a = perturbation.load_perturbation(spec)
     phases = perturbation.parse_phases(FLAGS.schedule, FLAGS.steps)
-    params = io.load_model(FLAGS.model, "growing")
+    params = io.load_ca(FLAGS.model, "growing")  # the model's own architecture and fire rate
     named = {"original": targets.load_target(FLAGS.original_target, padding=FLAGS.padding)}
     if FLAGS.target:
         named["target"] = targets.load_target(FLAGS.target, padding=FLAGS.padding)
@@ -93,6 +93,7 @@ def main(argv):
     result = {
         "mix": perturbation.parse_mix_terms(spec),
         "model": FLAGS.model,
+        "fire_rate": params.model.fire_rate,
         "steps": FLAGS.steps,
         "seed": FLAGS.seed,
         "runs": FLAGS.runs,

@@ -38,7 +38,7 @@ from nca_adv.attacks import placement as P
 from nca_adv.evaluation import adversary_eval
 from nca_adv.io import data, targets
 from nca_adv.media import video
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 
 from .common import atomic_output, check_memory, check_output_dir, print_result, run
 
@@ -124,8 +124,7 @@ def _check_flags() -> None:
     given = [f"--{n}" for n in unused if FLAGS[n].present]
     if given:
         raise app.UsageError(
-            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} used only with "
-            f"--kind={other}"
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} used only with --kind={other}"
         )
     if FLAGS.kind == "growing" and len(FLAGS.budget) != 1:
         raise app.UsageError("--kind=growing takes one --budget")
@@ -327,7 +326,13 @@ def _mnist_picture(images, masks, k, n=24, zoom=6):
 # ----------------------------------------------------------------------------- growing
 def _growing() -> dict:
     t0 = time.perf_counter()
-    base = io.load_model(FLAGS.model or "lizard", "growing")
+    base_ca = io.load_ca(FLAGS.model or "lizard", "growing")
+    if base_ca.model != architecture.GrowingCA():  # the placement steps are the article's rule
+        raise app.UsageError(
+            f"--model={FLAGS.model}: placement runs the article's Growing CA (fire rate 0.5); "
+            f"this model is {architecture.to_json(base_ca.model)}"
+        )
+    base = base_ca.params
     adv = adversaries.load_adversary(FLAGS.adversary or "lizard_no_tail_adversary", "growing", base)
     steps = FLAGS.steps or 500
     opt_steps = FLAGS.opt_steps or steps

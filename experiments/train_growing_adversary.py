@@ -26,6 +26,13 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "adversary_fraction", ["0.1"], "Share p of adversary cells, in [0, 1]; comma-separated."
 )
+flags.DEFINE_integer(
+    "grow_steps",
+    None,
+    "Steps the base grows from the seed to start the pool (default 200); a base trained "
+    "for fewer steps may not be stable that long (a warning says so).",
+    lower_bound=0,
+)
 common.define_training_flags(iterations=8000, checkpoint_every=100, chunk=10)
 common.define_growing_recipe_flags(padding=32)
 common.define_device_flags()
@@ -45,6 +52,7 @@ def main(argv):
         config,
         FLAGS.padding,
         init_from=jobs.resolve_init(FLAGS.init, "adversary", FLAGS.target),
+        grow_steps=FLAGS.grow_steps,
     )
     common.train_job(job)
 

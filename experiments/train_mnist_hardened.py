@@ -38,7 +38,9 @@ def main(argv):
     common.configure_devices()
     config = common.mnist_config_from_flags()
     # --init: the hardened base training starts from (default: --base itself).
-    start = {"none": FLAGS.base, "": FLAGS.base, "shipped": "mnist_hardened"}.get(FLAGS.init, FLAGS.init)
+    start = {"none": FLAGS.base, "": FLAGS.base, "shipped": "mnist_hardened"}.get(
+        FLAGS.init, FLAGS.init
+    )
     job = jobs.mnist_hardened_job(
         start,
         FLAGS.adversary,

@@ -5,6 +5,8 @@ The public API (see README.md, "Using nca-adv from Python"):
 - models as values: :class:`GrowingCA`, :class:`MnistCA` (the authors' architectures by
   default), :func:`make_step` (model, params -> step), :class:`CA` (a model bound to its
   params, a pytree), :func:`load_ca` / :func:`load_model` / :func:`save_params`;
+  ``Model``, the type of what evaluations and trainers take as a model: a :class:`CA`
+  (fire rate included), a bare params dict (default fire rate) or a step ``(x, key) -> x``;
 - rollouts: :func:`rollout` (any step, jittable);
 - attacks as step transforms ``Step -> Step``: :func:`with_adversaries`, :func:`perturb`,
   composed with :func:`chain` (and :func:`identity`);
@@ -22,6 +24,7 @@ from nca_adv.attacks.perturbation import perturb
 from nca_adv.attacks.transforms import chain, identity
 from nca_adv.io import load_ca, load_model, save_params
 from nca_adv.models.architecture import CA, GrowingCA, MnistCA, as_stepper, make_step
+from nca_adv.models.architecture import ModelLike as Model
 from nca_adv.models.rollout import rollout
 from nca_adv.training.engine import Recipe, train
 
@@ -35,6 +38,7 @@ __all__ = [
     "CA",
     "GrowingCA",
     "MnistCA",
+    "Model",
     "Recipe",
     "as_stepper",
     "chain",

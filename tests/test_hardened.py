@@ -233,9 +233,7 @@ def test_transfer_table_fills_in_and_refuses_bad_pairs(tmp_path, subprocess_env)
     saved = json.loads(out.read_text())
     assert saved["digits_attacked"] == 12  # no 8 among the first 12 test digits
     # Run again: the pair is kept from the file, not recomputed.
-    again = subprocess.run(
-        [*cmd, "--notable"], capture_output=True, text=True, env=subprocess_env()
-    )
+    again = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env())
     assert again.returncode == 0, again.stderr[-2000:]
     assert "vote 8 (" not in again.stderr
     assert json.loads(out.read_text())["pairs"] == saved["pairs"]

@@ -337,12 +337,30 @@ def test_report_part_reads_shipped_placements(tmp_path, monkeypatch):
         "random_live_cells_voting_target": 0.9,
         "random_live_digits_hijacked": 0.95,
     }
+    behind = {
+        "budget": 4.0,
+        "cells": 4,
+        "cells_voting_target": 0.8,
+        "digits_hijacked": 0.9,
+        "start_cells_voting_target": 0.85,
+        "start_digits_hijacked": 0.9,
+        "random_cells_voting_target": 0.82,
+        "random_digits_hijacked": 0.95,
+        "random_starts": 8,
+        "opt_loss": 0.1,
+        "start_opt_loss": 0.12,
+        "best_random_start_opt_loss": 0.12,
+        "relaxed_start_opt_loss": 0.3,
+        "share_started_from_relaxed": 0.0,
+    }
     mnist_run = {
+        "opt_keys": 2,
+        "rounds": 8,
         "num_digits": 3,
         "steps": 200,
         "eval_keys": 1,
         "random_draws": 8,
-        "by_budget": [row],
+        "by_budget": [behind, row],
         "fewest_cells_hijacking_half_the_digits": 8,
     }
     growing_run = {
@@ -366,7 +384,21 @@ def test_report_part_reads_shipped_placements(tmp_path, monkeypatch):
     got = report_beyond.placement_part(rep, tmp_path / "out", None, jax.random.PRNGKey(0))
     assert got["placement_shipped_0.01_cells_voting_target"] == 0.99
     assert got["placement_growing_authors_loss"] == 0.001
-    assert "best k cells" in rep.write().read_text()
+    html = rep.write().read_text()
+    assert "best k cells" in html
+    # a budget where random placements win on held-out keys is said, with the reason
+    assert "behind at k = 4 (2.0 points)" in html and "best random start" in html
+    assert "swaps lost a little on held-out keys at k = 4 (5.0 points)" in html
+    # an old file without the start fields still renders
+    (tmp_path / "placement_mnist_shipped.json").write_text(
+        json.dumps(
+            {k: v for k, v in mnist_run.items() if k not in ("opt_keys", "rounds")}
+            | {"by_budget": [row]}
+        )
+    )
+    rep2 = report.HtmlReport(tmp_path / "out2" / "report.html", "t")
+    report_beyond.placement_part(rep2, tmp_path / "out2", None, jax.random.PRNGKey(0))
+    assert "at least as good" in rep2.write().read_text()
 
 
 def test_launch_growing_tiny(tmp_path, subprocess_env):

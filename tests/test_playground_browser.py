@@ -264,7 +264,9 @@ def test_lizard_page_tail_perturbation(server_url, browser, tmp_path_factory):
     for _ in range(20):  # 20 key presses of 0.05: tail = 1
         tail.send_keys(Keys.ARROW_RIGHT)
     wait_for(lambda: text(browser, "k-tail-value") == "1.00", "tail at 1")
-    assert browser.find_element(By.ID, "perturb-on").is_selected()  # the slider switched it on
+    wait_for(  # the slider switched it on (a frame already on its way may show it off)
+        lambda: browser.find_element(By.ID, "perturb-on").is_selected(), "perturbation on"
+    )
     browser.find_element(By.ID, "reset").click()  # from the seed, perturbed throughout
     wait_for(lambda: step(browser) < 100, "reset")
     wait_for(lambda: step(browser) >= 200, "200 steps")
@@ -301,6 +303,25 @@ def test_switching_pages_never_busy(server_url, browser):
         assert "busy" not in browser.title, f"switch {i + 1}: the busy page"
         assert "busy" not in text(browser, "notice").lower(), f"switch {i + 1}"
     assert not js_errors(browser)
+
+
+def test_hidden_page_stops_computing(server_url, browser):
+    """A page in a background tab says so: its session stops computing until it is shown
+    again (the document's visibility, as the browser reports it, is simulated)."""
+    browser.get(server_url + "lizard")
+    first_frame(browser)
+    wait_for(lambda: step(browser) > 20, "playing")
+    hide = (
+        "Object.defineProperty(document, 'hidden', {value: arguments[0], configurable: true});"
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+    browser.execute_script(hide, True)
+    wait_for(lambda: text(browser, "rate") == "stopped while hidden", "stopped")
+    still = step(browser)
+    time.sleep(1.0)
+    assert step(browser) == still and text(browser, "play") == "Pause"
+    browser.execute_script(hide, False)
+    wait_for(lambda: step(browser) > still + 8, "playing again once shown")
 
 
 @pytest.mark.parametrize("page", ["mnist", "lizard"])

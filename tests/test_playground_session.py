@@ -592,6 +592,8 @@ def test_server_stops_unwatched_sessions_and_frees_them(mnist_models, lizard_mod
         out = {}
         ws = await client.ws_connect("/ws/mnist")
         await _hello_and_frame(ws)
+        await ws.send_str('{"type": "step", "n": 1}')  # compiled (when run alone)
+        await ws.receive_bytes()
         await ws.send_str('{"type": "play", "on": true}')
         await frames_for(ws, 0.2)
         await ws.send_str('{"type": "visible", "on": false}')  # the page is hidden

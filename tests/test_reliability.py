@@ -403,29 +403,45 @@ def test_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_last(tmp_path,
         assert "resumed from iteration 2" in r.stderr
 
 
-def test_outputs_on_a_full_disk_are_one_line_and_never_partial(tmp_path, paths):
+def test_outputs_on_a_full_disk_are_refused_before_compute(tmp_path, paths):
     with _tmpfs(tmp_path / "disk", "64k") as disk:
-        (disk / "old.gif").write_bytes(b"GIF89a an earlier video")
-        (disk / "videos").mkdir()
         (disk / "place").mkdir()
         _fill(disk)
         cases = [
-            ("gif", "experiments.eval_growing", ["--steps=20", f"--video={disk}/videos/x.gif"]),
-            ("mp4", "experiments.eval_growing", ["--steps=20", f"--video={disk}/videos/x.mp4"]),
-            ("old", "experiments.eval_growing", ["--steps=20", f"--video={disk}/old.gif"]),
+            ("gif", "experiments.eval_growing", ["--steps=20", f"--video={disk}/x.gif"]),
             ("table", "experiments.transfer_table", [*TINY_TABLE, f"--out={disk}/t.json"]),
             (
                 "place",
                 "experiments.place_adversaries",
                 [*TINY_PLACEMENT, f"--out_dir={disk}/place"],
             ),
+            ("train", "experiments.train_growing", [f"--workdir={disk}/run", *TINY_TRAINING]),
+        ]
+        results = _run_cases(cases, paths)
+        for case_id, *_ in cases:
+            _assert_one_line(results[case_id], "no space left on device (the disk of")
+        assert _leftovers(disk) == ["place"] and _leftovers(disk / "place") == []
+
+
+def test_videos_on_a_full_disk_are_one_line_and_never_partial(tmp_path, paths):
+    """A disk with a page or two left: the check lets the launch run, the write fails."""
+    with _tmpfs(tmp_path / "disk", "64k") as disk:
+        (disk / "old.gif").write_bytes(b"GIF89a an earlier video")
+        (disk / "videos").mkdir()
+        _fill(disk)
+        filler = disk / "filler"
+        os.truncate(filler, (filler.stat().st_size // 4096 - 1) * 4096)
+        cases = [  # each over 8 kB
+            ("gif", "experiments.eval_growing", ["--steps=20", f"--video={disk}/videos/x.gif"]),
+            ("mp4", "experiments.eval_growing", ["--steps=40", f"--video={disk}/videos/x.mp4"]),
+            ("old", "experiments.eval_growing", ["--steps=20", f"--video={disk}/old.gif"]),
         ]
         results = _run_cases(cases, paths)
         for case_id, *_ in cases:
             _assert_one_line(results[case_id], "no space left on device")
+            assert "the disk of" not in results[case_id]["stderr"]  # failed at the write
         assert _leftovers(disk / "videos") == []
-        assert _leftovers(disk / "place") == []
-        assert _leftovers(disk) == ["old.gif", "place", "videos"]  # no t.json, no partial
+        assert _leftovers(disk) == ["old.gif", "videos"]
         assert (disk / "old.gif").read_bytes() == b"GIF89a an earlier video"
 
 
@@ -482,6 +498,10 @@ def test_checkpoint_save_failure_is_one_error_and_keeps_the_last(tmp_path, monke
     from experiments import cli
     from nca_adv.training import runtime
 
+    # what a failed save quiets for the rest of the process, restored after the test
+    monkeypatch.setattr(runtime._QuietOrbax, "silent", False)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     ckpt = runtime.Checkpointer(tmp_path / "checkpoints")
     state = {"w": np.arange(4, dtype=np.float32)}
     ckpt.save(1, state)
@@ -509,7 +529,7 @@ def test_resuming_on_another_device_count_warns(tmp_path, subprocess_env):
     r = _launch("experiments.train_growing", [*args, "--iterations=2", "--host_devices=2"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "sweep" / "config.json").read_text())["devices"] == 2
-    r = _launch("experiments.train_growing", [*args, "--iterations=4", "--resume"], env)
+    r = _launch("experiments.train_growing", [*args, "--iterations=2", "--resume"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     warned = [line for line in r.stderr.splitlines() if "not bit for bit" in line]
     assert len(warned) == 1 and "trained on 2 device(s) and resumes on 1" in warned[0]

@@ -9,6 +9,7 @@ evaluations are in :mod:`nca_adv.evaluation.adversary_eval`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from nca_adv import io
+from nca_adv.attacks import transforms
 from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.masks import ALPHA_CHANNEL
 
@@ -29,7 +31,7 @@ MAX_REDRAWS = 1000  # bound of "redraw until one adversary sits on the digit"
 
 
 # ----------------------------------------------------------------------------- the mixed step
-def with_adversaries(adv_step: Step, mask: jax.Array) -> Callable[[Step], Step]:
+def with_adversaries(adv_step: Step, mask: jax.Array) -> WithAdversaries:
     """The attack as a transform ``Step -> Step``: where ``mask > 0`` the cell takes the
     adversary's step, elsewhere the base's, both computed from the same state and key.
 
@@ -38,37 +40,50 @@ def with_adversaries(adv_step: Step, mask: jax.Array) -> Callable[[Step], Step]:
     one model's output, so the draws it keeps are those of one model, as with independent
     keys; and it makes mask 0 the base step and mask 1 the adversary step bit for bit.
     ``mask`` (0/1 or bool) must broadcast to the state's (..., H, W, 1).
+
+    The transform is a pytree (:class:`WithAdversaries`): the mask and the adversary
+    step's parameters are leaves, so a jitted function of the attacked step compiles once
+    for every mask of one shape. ``adv_step``: a model's step (``model.step(params)``), a
+    :class:`~nca_adv.models.architecture.CA`, or any function ``(x, key) -> x``.
     """
     mask = jnp.asarray(mask)
     if mask.ndim < 3 or mask.shape[-1] != 1:
         raise ValueError(f"adversary mask must have shape (..., H, W, 1), got {mask.shape}")
+    return WithAdversaries(transforms.as_pytree_step(adv_step), mask)
 
-    def transform(base_step: Step) -> Step:
+
+@jax.tree_util.register_pytree_node_class
+class WithAdversaries(transforms.Transform):
+    """:func:`with_adversaries` as a value: ``adv_step`` and ``mask`` are its children."""
+
+    def __init__(self, adv_step: Step, mask: jax.Array):
+        self.adv_step, self.mask = adv_step, mask
+
+    def tree_flatten(self):
+        return (self.adv_step, self.mask), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def apply(self, base_step: Step, x: jax.Array, key: jax.Array) -> jax.Array:
+        mask, adv_step = self.mask, self.adv_step
+        cells = (*x.shape[:-1], 1)
+        try:
+            ok = np.broadcast_shapes(mask.shape, cells) == cells
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"adversary mask {mask.shape} does not broadcast to the state's cells {cells}"
+            )
         if isinstance(base_step, growing.GrowingStep) and base_step.fusable_with(adv_step):
-            fused = growing.mixed_living_step(base_step, adv_step, mask)
-        else:
-            fused = None
-
-        def step(x: jax.Array, key: jax.Array) -> jax.Array:
-            cells = (*x.shape[:-1], 1)
-            try:
-                ok = np.broadcast_shapes(mask.shape, cells) == cells
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"adversary mask {mask.shape} does not broadcast to the state's cells {cells}"
-                )
-            # A select, not base * (1 - m) + adv * m: the arithmetic form is not the identity
-            # bit for bit (0 * inf = nan from the unused model, -0.0 + 0.0 = +0.0), the
-            # select is, and its gradient reaches each model only through its own cells.
-            if fused is not None:  # both Growing CAs on their living cells, one gather
-                return fused(x, key)
-            return jnp.where(mask > 0, adv_step(x, key), base_step(x, key))
-
-        return step
-
-    return transform
+            # both Growing CAs on their living cells, one gather; the mask a traced input
+            return growing.mixed_living_step(base_step, adv_step, mask)(x, key)
+        # A select, not base * (1 - m) + adv * m: the arithmetic form is not the identity
+        # bit for bit (0 * inf = nan from the unused model, -0.0 + 0.0 = +0.0), the
+        # select is, and its gradient reaches each model only through its own cells.
+        return jnp.where(mask > 0, adv_step(x, key), base_step(x, key))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -205,10 +220,34 @@ def load_adversary(spec: str, kind: str, base_params: dict | None = None) -> dic
     :func:`io.load_model`) -> params of ``kind``, checked against ``base_params``. When the
     adversary's workdir recorded the base it was trained against and that base's weights
     differ from ``base_params``, a one-line warning says so (attacks rarely transfer)."""
+    return load_adversary_ca(spec, kind, base_params).params
+
+
+def load_adversary_ca(spec: str, kind: str, base=None) -> architecture.CA:
+    """:func:`load_adversary` as a :class:`~nca_adv.models.architecture.CA`. With a base
+    given as a CA, the adversary runs at the base's fire rate (the mixed step draws one
+    fire mask for both; a file recording another rate gives a warning)."""
     try:
-        params = io.load_model(spec, kind)
+        ca = io.load_ca(spec, kind)
     except io.ModelFormatError as e:
         raise ValueError(f"adversary model {spec!r} is not a usable {kind} model: {e}") from e
+    if isinstance(base, architecture.CA) and kind == "growing":
+        if ca.model.fire_rate != base.model.fire_rate:
+            logging.warning(
+                "adversary %s records fire rate %s; it runs at the base's %s",
+                spec,
+                ca.model.fire_rate,
+                base.model.fire_rate,
+            )
+            ca = architecture.CA(
+                dataclasses.replace(ca.model, fire_rate=base.model.fire_rate), ca.params
+            )
+    _check_against(spec, kind, ca.params, base)
+    return ca
+
+
+def _check_against(spec: str, kind: str, params, base) -> None:
+    base_params = base.params if isinstance(base, architecture.CA) else base
     if base_params is not None:
         check_compatible(base_params, params)
         recorded = trained_against(spec)
@@ -228,4 +267,3 @@ def load_adversary(spec: str, kind: str, base_params: dict | None = None) -> dic
                     spec,
                     recorded,
                 )
-    return params

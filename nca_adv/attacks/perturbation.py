@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nca_adv.attacks import transforms
 from nca_adv.models import growing
 from nca_adv.models.masks import alive_mask
 
@@ -69,19 +70,47 @@ def perturb(
     a: jax.Array,
     alive: Callable[[jax.Array], jax.Array] = alive_mask,
     clip: float | None = CLIP,
-) -> Callable[[Step], Step]:
+) -> Perturb:
     """The attack as a step transform: ``perturb(A)(base_step)`` perturbs, then steps.
 
-    Differentiable in ``a`` (train M through ``perturb(symmetric(M))``).
+    Differentiable in ``a`` (train M through ``perturb(symmetric(M))``). A pytree
+    (:class:`Perturb`): ``a`` is a leaf, so a jitted function of the perturbed step
+    compiles once for every matrix of one shape. ``a`` must be a square (C, C) matrix for
+    a state of C channels; a concrete matrix holding NaN or infinities is refused.
     """
+    if not hasattr(a, "shape"):
+        a = jnp.asarray(a, jnp.float32)
+    shape = tuple(a.shape)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"perturbation matrix must be square (C, C), got shape {shape}")
+    if not isinstance(a, jax.core.Tracer) and not bool(np.all(np.isfinite(np.asarray(a)))):
+        raise ValueError("perturbation matrix holds NaN or infinite values")
+    return Perturb(a, alive, clip)
 
-    def transform(base_step: Step) -> Step:
-        def step(x, key):
-            return base_step(perturb_state(x, a, alive, clip), key)
 
-        return step
+@jax.tree_util.register_pytree_node_class
+class Perturb(transforms.Transform):
+    """:func:`perturb` as a value: the matrix ``a`` is its leaf; ``alive`` and ``clip``
+    are static."""
 
-    return transform
+    def __init__(self, a, alive=alive_mask, clip: float | None = CLIP):
+        self.a, self.alive, self.clip = a, alive, clip
+
+    def tree_flatten(self):
+        return (self.a,), (self.alive, self.clip)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def apply(self, base_step: Step, x: jax.Array, key: jax.Array) -> jax.Array:
+        c = self.a.shape[-1]
+        if x.shape[-1] != c:
+            raise ValueError(
+                f"a {c}x{c} perturbation matrix cannot act on a state of {x.shape[-1]} "
+                f"channels (shape {tuple(x.shape)})"
+            )
+        return base_step(perturb_state(x, self.a, self.alive, self.clip), key)
 
 
 # ----------------------------------------------------------------------------- matrices
@@ -137,7 +166,8 @@ def load_matrix(spec: str) -> np.ndarray:
         raise ValueError(f"{path} is not a readable .npy array: {e}") from e
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{path} holds an archive, not one .npy array")
-    return check_matrix(a, str(path))
+    # any square size: a model of C state channels takes C x C (checked where it is used)
+    return check_matrix(a, str(path), a.shape[0] if a.ndim == 2 else CHANNELS)
 
 
 def save_matrix(path: str | os.PathLike, a) -> Path:
@@ -165,6 +195,9 @@ def mix(terms: list[tuple[float, np.ndarray]]) -> np.ndarray:
     """sum_i k_i A_i + (1 - sum_i k_i) I."""
     if not terms:
         raise ValueError("a mix needs at least one term")
+    sizes = {np.shape(a) for _, a in terms}
+    if len(sizes) > 1:
+        raise ValueError(f"a mix needs matrices of one size, got {sorted(sizes)}")
     eye = np.eye(terms[0][1].shape[-1], dtype=np.float32)
     total = sum(float(k) for k, _ in terms)
     out = (1.0 - total) * eye

@@ -39,9 +39,12 @@ def _scheduled(params, a, x0, key, on, start, trajectory, clip):
     return x_final if trajectory is None else states
 
 
-def _check(a, on) -> tuple[jax.Array, jax.Array]:
-    if jnp.shape(a) != (CHANNELS, CHANNELS):
-        raise ValueError(f"perturbation matrix must be {CHANNELS}x{CHANNELS}, got {jnp.shape(a)}")
+def _check(a, on, channels: int = CHANNELS) -> tuple[jax.Array, jax.Array]:
+    if jnp.shape(a) != (channels, channels):
+        raise ValueError(
+            f"perturbation matrix must be {channels}x{channels} for a state of {channels} "
+            f"channels, got {jnp.shape(a)}"
+        )
     on = jnp.asarray(on, bool)
     if on.ndim != 1 or on.shape[0] < 1:
         raise ValueError(f"on must be a non-empty 1-D per-step schedule, got shape {on.shape}")
@@ -67,16 +70,25 @@ def perturbed_rollout(
     state, or with ``trajectory=True`` the (steps, ..., H, W, 16) states after each step
     (``"rgba"``: only their first 4 channels).
     """
-    growing.check_state(x0, x0.shape[-1])
-    a, on = _check(a, on)
-    mode = {False: None, True: "state", "rgba": "rgba"}[trajectory]
     params = architecture.as_stepper(params, "growing")
+    x0 = _check_x0(params, x0)
+    a, on = _check(a, on, x0.shape[-1])
+    mode = {False: None, True: "state", "rgba": "rgba"}[trajectory]
     return _scheduled(params, a, x0, key, on, jnp.int32(start), mode, clip)
 
 
 @functools.partial(jax.jit, static_argnames=("clip",))
 def _scheduled_each(params, a, x0, keys, on, start, clip):
     return jax.vmap(lambda x, k: _scheduled(params, a, x, k, on, start, None, clip))(x0, keys)
+
+
+def _check_x0(base, x0) -> jax.Array:
+    """x0 as an array, checked: a finite float32 (..., H, W, C) state of the base's C."""
+    x0 = jnp.asarray(x0)
+    channels = architecture.state_channels(base)
+    growing.check_state(x0, channels or x0.shape[-1])
+    growing.check_cells(x0, channels or x0.shape[-1])
+    return x0
 
 
 class PhaseResult(NamedTuple):
@@ -97,13 +109,13 @@ def run_phases(
     """One independent run per start state x0[s] with its own key keys[s] (``vmap``), through
     contiguous ``phases`` [(on, start, end)] (:func:`perturbation.parse_phases`); the
     states at each phase's end. Run s equals ``perturbed_rollout(.., x0[s], keys[s], on)``."""
-    growing.check_state(x0)
+    params = architecture.as_stepper(params, "growing")
+    x0 = _check_x0(params, x0)
     if x0.ndim != 4 or keys.shape[0] != x0.shape[0]:
         raise ValueError(
-            f"need (S, H, W, 16) start states and S keys, got {x0.shape}, {keys.shape}"
+            f"need (S, H, W, C) start states and S keys, got {x0.shape}, {keys.shape}"
         )
-    a, _ = _check(a, [True])
-    params = architecture.as_stepper(params, "growing")
+    a, _ = _check(a, [True], x0.shape[-1])
     out, x = [], jnp.asarray(x0)
     for on, start, end in phases:
         seg = jnp.full(end - start, on)
@@ -115,7 +127,10 @@ def run_phases(
 def grow(params, h: int, w: int, keys: jax.Array, steps: int) -> jax.Array:
     """(S, H, W, C): one seed per key grown ``steps`` steps by the base alone."""
     base = architecture.as_stepper(params, "growing")
-    seed = base.model.seed(h, w) if isinstance(base, architecture.CA) else growing.seed_state(h, w)
+    channels = architecture.state_channels(base) or growing.CHANNELS
+    seed = base.model.seed(h, w) if isinstance(base, architecture.CA) else growing.seed_state(
+        h, w, channels
+    )
     seeds = jnp.broadcast_to(seed, (keys.shape[0], *seed.shape))
     if not steps:
         return seeds
@@ -195,12 +210,15 @@ def sweep(
     ``frames`` (K, S, steps // frames_every, H, W, 4) after every that many steps.
     """
     matrices = jnp.asarray(matrices, jnp.float32)
-    if matrices.ndim != 3 or matrices.shape[1:] != (CHANNELS, CHANNELS):
-        raise ValueError(f"matrices must be (K, {CHANNELS}, {CHANNELS}), got {matrices.shape}")
-    growing.check_state(x0, x0.shape[-1])
+    params = architecture.as_stepper(params, "growing")
+    x0 = _check_x0(params, x0)
+    c = x0.shape[-1]
+    if matrices.ndim != 3 or matrices.shape[1:] != (c, c):
+        raise ValueError(
+            f"matrices must be (K, {c}, {c}) for a state of {c} channels, got {matrices.shape}"
+        )
     if x0.ndim != 4 or keys.shape[0] != x0.shape[0]:
         raise ValueError(f"need (S, H, W, C) start states and S keys, got {x0.shape}, {keys.shape}")
-    params = architecture.as_stepper(params, "growing")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if frames_every < 0 or (frames_every and steps % frames_every):

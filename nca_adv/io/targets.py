@@ -70,6 +70,9 @@ def load_target(
     name_or_path: str, size: int = TARGET_SIZE, padding: int = TARGET_PADDING
 ) -> np.ndarray:
     """A shipped target name (e.g. ``lizard``) or a PNG path -> (H, W, 4) float32 target."""
+    for name, value, low in (("size", size, 1), ("padding", padding, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"load_target: {name} must be an integer >= {low}, got {value!r}")
     if name_or_path in SHIPPED_TARGETS:
         path = shipped_target_path(name_or_path)
     elif name_or_path.lower().endswith(".png") or os.sep in name_or_path:

@@ -19,11 +19,13 @@ architecture of their kind.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging as std_logging
 import os
 import re
 import sys
+import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -100,11 +102,43 @@ PARAM_PREFIX = "param/"  # arrays of a model of another architecture: param/<mod
 
 
 def save_params(
-    path: str | os.PathLike, params: dict, kind: str, model: architecture.Model | None = None
+    path: str | os.PathLike,
+    params,
+    kind: str | None = None,
+    model: architecture.Model | None = None,
 ) -> None:
-    """Write params as a ``.npz`` weights file with the model's description beside them
-    (atomic: temp file + rename). ``model`` defaults to the one the shapes show; every
-    parameter is checked against it (nothing is dropped, nothing extra is written)."""
+    """Write a model as a ``.npz`` weights file with its description beside them (atomic:
+    temp file + rename). ``params``: a :class:`~nca_adv.models.architecture.CA` (its model,
+    fire rate included, is recorded) or a params dict with ``model``. A bare dict without
+    ``model`` cannot say its fire rate: it is saved with the architecture its shapes show
+    at the default rate, and a warning says so. Every parameter is checked against the
+    model (nothing is dropped, nothing extra is written)."""
+    if isinstance(params, architecture.CA):
+        if model is not None and model != params.model:
+            raise ModelFormatError(
+                f"{path}: model= {architecture.to_json(model)} contradicts the CA's own "
+                f"{architecture.to_json(params.model)}"
+            )
+        model, params = params.model, params.params
+    if kind is None:
+        if model is None:
+            raise ModelFormatError(f"{path}: give kind= or model= (or a CA) for a bare params dict")
+        kind = model.kind
+    found = _params_kind(params) if model is None else None
+    if found is not None and found != kind:
+        raise ModelFormatError(f"{path}: these are {found} CA parameters, not a {kind} CA's")
+    if model is None and isinstance(params, dict):
+        try:
+            inferred = architecture.infer(jax.tree.map(np.asarray, params), kind)
+        except ValueError:
+            inferred = None
+        if inferred is not None:
+            warnings.warn(
+                f"save_params({str(path)!r}): a bare params dict does not say its fire rate; "
+                f"saved at the default {inferred.fire_rate}. Pass a CA (nca_adv.CA(model, "
+                "params)) or model= to record the rule's own",
+                stacklevel=2,
+            )
     _check_kind(kind)
     params = jax.tree.map(np.asarray, params)
     try:
@@ -275,9 +309,19 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 
 def _params_kind(params: object) -> str | None:
-    """The kind of a flax params tree, told by its layers' shapes (None: neither)."""
+    """The kind of a flax params tree, told by its layers' shapes (None: neither). A
+    learned-perception Growing CA has a ``perceive_kernel`` too: the MNIST CA's dense2
+    writes every channel but the grey one."""
     if not isinstance(params, dict):
         return None
+    if params.get("dense2", {}).get("kernel") is not None and np.ndim(
+        params["dense2"]["kernel"]
+    ) == 3:  # run-stacked
+        params = jax.tree.map(lambda a: a[0], params)
+    try:
+        return architecture.infer(jax.tree.map(np.asarray, params)).kind
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
     if "perceive_kernel" in params:
         return "mnist"
     dense1 = params.get("dense1")
@@ -418,16 +462,29 @@ def _checkpoint_ca(params, kind: str, path: Path) -> architecture.CA:
             )
         params = jax.tree.map(lambda a: a[0], params)
     config = path.parent.parent / "config.json" if path.parent.name == "checkpoints" else None
-    described = None
+    described, recorded = None, {}
     if config is not None and config.is_file():
         try:
-            described = json.loads(config.read_text()).get("architecture")
+            recorded = json.loads(config.read_text())
+            described = recorded.get("architecture")
         except (OSError, json.JSONDecodeError, AttributeError):
-            described = None
+            described, recorded = None, {}
     try:
-        model = architecture.from_dict(described) if described else architecture.infer(params, kind)
+        if described:
+            model = architecture.from_dict(described)
+        else:
+            # The architecture from the shapes, the rates the run trained at from its
+            # config (as the run's params.npz records them).
+            model = architecture.infer(params, kind)
+            rates = {
+                k: recorded[k]
+                for k in ("fire_rate", "noise_std")
+                if isinstance(recorded, dict) and k in recorded and hasattr(model, k)
+            }
+            if rates:
+                model = dataclasses.replace(model, **rates)
         architecture.check_params(model, params, f"checkpoint {path}")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise ModelFormatError(str(e)) from e
     if model.kind != kind:
         raise ModelFormatError(f"checkpoint {path} holds a {model.kind} model, expected {kind}")

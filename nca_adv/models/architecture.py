@@ -15,9 +15,11 @@ the parameters are leaves): pass it through ``jit``/``vmap`` like any params tre
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Callable
-from typing import Any, ClassVar
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeAlias
 
 import flax.linen as nn
 import jax
@@ -38,8 +40,20 @@ def _positive(name: str, value: int) -> None:
 
 
 def _rate(name: str, value: float, low: float = 0.0, high: float = 1.0) -> None:
-    if not isinstance(value, int | float) or not low <= float(value) <= high:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not low <= float(value) <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+
+
+def _as_float(model, *names: str) -> None:
+    """Store numpy scalars (``np.float32(0.3)``) as Python floats: equal, hashable models."""
+    import numpy as np
+
+    for name in names:
+        v = getattr(model, name)
+        # np.float32(0.3) is 0.30000001192092896 as a double: keep the number written
+        v = float(np.format_float_positional(v, unique=True)) if isinstance(v, np.floating) else v
+        object.__setattr__(model, name, float(v))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +81,7 @@ class GrowingCA:
         if self.perception not in PERCEPTIONS:
             raise ValueError(f"perception must be one of {PERCEPTIONS}, got {self.perception!r}")
         _rate("fire_rate", self.fire_rate)
+        _as_float(self, "fire_rate")
 
     def update(self) -> GrowingUpdate:
         learned = self.perception_features if self.perception == "learned" else 0
@@ -84,8 +99,14 @@ class GrowingCA:
     def step(self, params, form: str | None = None) -> Step:
         """The step ``(x, key) -> x``; ``form``: ``living`` (the update on the cells that can
         reach the result), ``dense`` (every cell) or None/``auto`` (living on CPU); both
-        give the same states (:mod:`nca_adv.models.living`)."""
+        give the same states (:mod:`nca_adv.models.living`). The parameters are checked
+        against the architecture (one line naming what does not fit)."""
+        check_params(self, params)
         return growing.GrowingStep(params, self.fire_rate, self.perceive(), self.update(), form)
+
+    def check_state(self, x) -> None:
+        """ValueError (one line) unless ``x`` is a float32 (..., H, W, channels) state."""
+        growing.check_cells(x, self.channels)
 
     def seed(self, h: int, w: int) -> jax.Array:
         return growing.seed_state(h, w, self.channels)
@@ -116,6 +137,7 @@ class MnistCA:
         _positive("hidden", self.hidden)
         _rate("fire_rate", self.fire_rate)
         _rate("noise_std", self.noise_std, 0.0, 10.0)
+        _as_float(self, "fire_rate", "noise_std")
 
     def update(self) -> MnistUpdate:
         return MnistUpdate(channels=self.channels, perception=self.perception, hidden=self.hidden)
@@ -129,15 +151,31 @@ class MnistCA:
     def step(self, params, per_sample_keys: bool = False) -> Step:
         """The whole-grid step on a batch (B, H, W, C); ``per_sample_keys``: ``key`` holds
         one key per sample."""
-        u, rate, noise = self.update(), self.fire_rate, self.noise_std
-        return lambda x, key: mnist.mnist_step(params, x, key, rate, noise, per_sample_keys, u)
+        check_params(self, params)
+        return MnistStep(params, self, per_sample_keys)
+
+    def check_state(self, x) -> None:
+        """ValueError (one line) unless ``x`` is a float32 batch (B, H, W, channels)."""
+        shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+        if shape is None or len(shape) != 4 or shape[-1] != self.channels:
+            got = tuple(shape) if shape is not None else type(x).__name__
+            raise ValueError(
+                f"expected an MNIST CA state batch of shape (B, H, W, {self.channels}), got "
+                f"{got} (one digit: x[None])"
+            )
+        if dtype != jnp.float32:
+            raise ValueError(f"expected a float32 state, got {dtype}")
 
     def cell_step(self, params, index: mnist.CellIndex, per_sample_keys: bool = False) -> Step:
         """The same step computed on the alive cells of ``index`` only (bit for bit)."""
+        check_params(self, params)
         u, rate, noise = self.update(), self.fire_rate, self.noise_std
-        return lambda x, key: mnist.mnist_step_cells(
-            params, x, index, key, rate, noise, per_sample_keys, u
-        )
+
+        def step(x, key):
+            self.check_state(x)
+            return mnist.mnist_step_cells(params, x, index, key, rate, noise, per_sample_keys, u)
+
+        return step
 
     def seed(self, images: jax.Array) -> jax.Array:
         return mnist.seed_states(images, self.channels)
@@ -145,6 +183,35 @@ class MnistCA:
 
 Model = GrowingCA | MnistCA
 MODELS: dict[str, type] = {"growing": GrowingCA, "mnist": MnistCA}
+
+
+@jax.tree_util.register_pytree_node_class
+class MnistStep:
+    """An MNIST CA's whole-grid step as a value, ``(x, key) -> x`` on a batch (B, H, W, C):
+    a pytree whose leaves are the parameters (the model is static)."""
+
+    def __init__(self, params, model: MnistCA, per_sample_keys: bool = False):
+        self.params, self.model, self.per_sample_keys = params, model, per_sample_keys
+
+    def tree_flatten(self):
+        return (self.params,), (self.model, self.per_sample_keys)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        step = object.__new__(cls)
+        step.params, (step.model, step.per_sample_keys) = children[0], aux
+        return step
+
+    @property
+    def channels(self) -> int:
+        return self.model.channels
+
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        m = self.model
+        m.check_state(x)
+        return mnist.mnist_step(
+            self.params, x, key, m.fire_rate, m.noise_std, self.per_sample_keys, m.update()
+        )
 
 
 def _init(module: nn.Module, key: jax.Array, in_features: int) -> dict:
@@ -197,10 +264,15 @@ def from_json(text: str) -> Model:
     return from_dict(d)
 
 
-def param_shapes(model: Model) -> dict:
-    """The parameter tree of ``model`` with shapes as leaves (no compute)."""
+@functools.lru_cache(maxsize=64)
+def _param_shapes(model: Model) -> dict:
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     return jax.tree.map(lambda a: tuple(a.shape), abstract)
+
+
+def param_shapes(model: Model) -> dict:
+    """The parameter tree of ``model`` with shapes as leaves (no compute)."""
+    return _param_shapes(model)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -240,9 +312,14 @@ def infer(params, kind: str | None = None) -> Model:
         d1 = params["dense1"]["kernel"].shape
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"not CA parameters (need dense1/dense2 kernels): {sorted(params)}") from e
-    if "perceive_kernel" in params and (kind in (None, "mnist")):
+    if "perceive_kernel" in params:
         pk = params["perceive_kernel"].shape  # (3, 3, C, P)
-        if d2[-1] == pk[2] - 1:  # MNIST: the grey channel is immutable
+        if len(pk) == 4 and d2[-1] == pk[2] - 1:  # MNIST: the grey channel is immutable
+            if kind == "growing":
+                raise ValueError(
+                    f"these are MNIST CA parameters ({pk[2]} channels, dense2 writes "
+                    f"{d2[-1]}), not a growing CA's"
+                )
             model = MnistCA(channels=pk[2], perception=pk[3], hidden=d1[-1])
             check_params(model, params)
             return model
@@ -255,7 +332,7 @@ def infer(params, kind: str | None = None) -> Model:
             model = GrowingCA(channels, d1[-1], "sobel", perception_features=3 * channels)
         check_params(model, params)
         return model
-    raise ValueError(f"parameters are not those of a {kind} CA")
+    raise ValueError(f"these are growing CA parameters, not those of a {kind} CA")
 
 
 # ----------------------------------------------------------------------------- bound models
@@ -273,6 +350,15 @@ class CA:
     @property
     def kind(self) -> str:
         return self.model.kind
+
+    @property
+    def channels(self) -> int:
+        return self.model.channels
+
+    def check(self) -> CA:
+        """Raise ValueError (one line) unless the parameters fit the model; ``self``."""
+        check_params(self.model, self.params)
+        return self
 
 
 def bind(obj, kind: str | None = None) -> CA:
@@ -295,16 +381,64 @@ class StepFn:
     def step(self, x: jax.Array, key: jax.Array) -> jax.Array:
         return self.fn(x, key)
 
+    def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        return self.fn(x, key)
+
     kind = None
 
 
-def as_stepper(obj, kind: str | None = None) -> CA | StepFn:
+@struct.dataclass
+class PytreeStep:
+    """A step that is itself a pytree (a model's :class:`~nca_adv.models.growing.GrowingStep`
+    or :class:`MnistStep`, a step made by the attack transforms): its arrays stay leaves,
+    so a jitted evaluation traces them (a new mask or matrix of the same shapes does not
+    recompile)."""
+
+    fn: Any
+
+    def step(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        return self.fn(x, key)
+
+    @property
+    def kind(self) -> str | None:
+        return getattr(self.fn, "kind", None)
+
+    @property
+    def channels(self) -> int | None:
+        return getattr(self.fn, "channels", None)
+
+
+ModelLike: TypeAlias = CA | Mapping[str, Any] | Step
+"""What the evaluations and trainers accept as a model: a :class:`CA` (a model bound to
+its parameters, fire rate included), a bare params dict (the architecture read from its
+shapes, the default fire rate) or any step function ``(x, key) -> x`` (a model's step, a
+step made by the attack transforms, a rule of your own). Exported as ``nca_adv.Model``."""
+
+
+def is_pytree_step(obj) -> bool:
+    """Whether ``obj`` is a callable registered as a pytree (its arrays can be traced)."""
+    return callable(obj) and not jax.tree_util.treedef_is_leaf(jax.tree.structure(obj))
+
+
+def as_stepper(obj: ModelLike, kind: str | None = None) -> CA | StepFn | PytreeStep:
     """What the evaluations accept as a model: a :class:`CA`, a bare params dict (its
-    model inferred from the shapes) or any step function ``(x, key) -> x``."""
-    if isinstance(obj, CA | StepFn):
-        if isinstance(obj, CA) and kind is not None and obj.kind != kind:
+    model inferred from the shapes) or any step function ``(x, key) -> x`` (pytree steps
+    keep their arrays as traced leaves)."""
+    if isinstance(obj, CA | StepFn | PytreeStep):
+        if obj.kind is not None and kind is not None and obj.kind != kind:
             raise ValueError(f"expected a {kind} CA, got a {obj.kind} one")
         return obj
+    if is_pytree_step(obj):
+        if isinstance(obj, MnistStep) and kind == "growing":
+            raise ValueError("expected a growing CA step, got an MNIST CA step")
+        return PytreeStep(obj)
     if callable(obj):
         return StepFn(obj)
     return bind(obj, kind)
+
+
+def state_channels(obj) -> int | None:
+    """The state channels of a model in any form (None: a plain step function)."""
+    if isinstance(obj, CA):
+        return obj.model.channels
+    return getattr(obj, "channels", None)

@@ -47,6 +47,21 @@ def check_state(x: jax.Array, channels: int = CHANNELS) -> None:
         raise ValueError("state holds NaN or infinite values")
 
 
+def check_cells(x, channels: int) -> None:
+    """ValueError (one line) unless ``x`` is a float32 (..., H, W, ``channels``) state with
+    H, W >= 3; shapes and dtype only, so it holds under ``jit`` and ``vmap``."""
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or len(shape) < 3 or shape[-1] != channels:
+        raise ValueError(
+            f"expected a Growing CA state of shape (..., H, W, {channels}), got "
+            f"{tuple(shape) if shape is not None else type(x).__name__}"
+        )
+    if shape[-3] < 3 or shape[-2] < 3:
+        raise ValueError(f"grid must be at least 3x3, got {shape[-3]}x{shape[-2]}")
+    if dtype != jnp.float32:
+        raise ValueError(f"expected a float32 state, got {dtype} (cast it: x.astype(jnp.float32))")
+
+
 def growing_step(
     params: dict,
     x: jax.Array,
@@ -78,11 +93,15 @@ class _Apply:
         return self.update.apply({"params": params}, features)
 
 
+@jax.tree_util.register_pytree_node_class
 class GrowingStep:
     """A Growing CA's step as a value, ``(x, key) -> x``: the parameters, fire rate,
     perception, update network and the form it runs in (``living``: the update only on the
     cells that can reach the result, see :mod:`nca_adv.models.living`; ``dense``: every
-    cell, :func:`growing_step`). Both give the same states for the same key."""
+    cell, :func:`growing_step`). Both give the same states for the same key.
+
+    A pytree: the parameters are its leaves, the rest is static, so a step passed into a
+    jitted function is traced (a new step of the same architecture does not recompile)."""
 
     def __init__(
         self, params, fire_rate=FIRE_RATE, perceive=sobel_perceive, update=UPDATE, form=None
@@ -91,10 +110,25 @@ class GrowingStep:
         self.perceive, self.update = perceive, update
         self.form = living.resolve_form(form)
 
+    def tree_flatten(self):
+        return (self.params,), (self.fire_rate, self.perceive, self.update, self.form)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        step = object.__new__(cls)
+        step.params = children[0]
+        step.fire_rate, step.perceive, step.update, step.form = aux
+        return step
+
+    @property
+    def channels(self) -> int:
+        return self.update.channels
+
     def apply(self) -> _Apply:
         return _Apply(self.update)
 
     def __call__(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        check_cells(x, self.update.channels)
         if self.form == "living":
             return living.living_step(
                 self.perceive, (self.apply(),), self.fire_rate, (self.params,), x, key
@@ -231,7 +265,14 @@ def variable_rollout(
 
 
 def growing_loss(x: jax.Array, target: jax.Array) -> jax.Array:
-    """Per-sample loss (...,): mean over H, W, RGBA of the squared error to ``target``."""
+    """Per-sample loss (...,): mean over H, W, RGBA of the squared error to ``target``
+    (H, W, 4), or one target per sample (..., H, W, 4)."""
+    xs, ts = tuple(jnp.shape(x)), tuple(jnp.shape(target))
+    if len(xs) < 3 or len(ts) < 3 or ts[-1] != 4 or ts[-3:-1] != xs[-3:-1]:
+        raise ValueError(
+            f"growing_loss: the target must be an RGBA grid (H, W, 4) of the state's size, "
+            f"got target {ts} for states {xs}"
+        )
     return jnp.mean(jnp.square(x[..., :4] - target), axis=(-3, -2, -1))
 
 

@@ -228,10 +228,11 @@ def load_lizard_models(
     padding: int = PADDING,
 ) -> LizardModels:
     """Load and check the lizard, its adversaries, perturbations and the shipped targets."""
-    base = io.load_model(model, "growing")
+    base = io.load_ca(model, "growing")  # a CA: the model's own fire rate and architecture
     adv_specs = growing_adversary_specs(adversary_specs)
-    advs = {
-        name: adversaries.load_adversary(spec, "growing", base) for name, spec in adv_specs.items()
+    advs = {  # at the base's fire rate
+        name: adversaries.load_adversary_ca(spec, "growing", base)
+        for name, spec in adv_specs.items()
     }
     pert_specs = perturbation_specs(perturbations)
     mats = {name: perturbation.load_matrix(spec) for name, spec in pert_specs.items()}

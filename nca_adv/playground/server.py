@@ -17,10 +17,11 @@ WebSocket per tab, each holding one session (:mod:`nca_adv.playground.sessions`)
   refused (a page elsewhere cannot drive the CA), requests whose Host is not a name this
   server was started for get 403 (DNS rebinding), static files come from a fixed list,
   and no message can name a file or load a model.
-- Sessions nobody watches: a page pings while it is visible and says when it is hidden;
-  a hidden page's session, or one that has sent nothing for ``idle_after`` seconds, stops
-  computing, and after ``close_after`` seconds of silence its socket is closed and the
-  session freed. A session is dropped when its socket closes.
+- Sessions nobody watches: a page closes its socket when it is left (also into the
+  back/forward cache), pings while it is open and says when it is hidden. A hidden page's
+  session, or one that has sent nothing for ``idle_after`` seconds (a page the browser
+  froze), stops computing; after ``close_after`` seconds of silence its socket is closed
+  and the session freed. A session is dropped when its socket closes.
 """
 
 from __future__ import annotations
@@ -237,9 +238,10 @@ class Playground:
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
-                seen[0] = loop.time()
+                seen[0] = float("inf")  # while answering, the page is not silent
                 session.unwatched = False
                 reply = await self._answer(session, lock, msg.data)
+                seen[0] = loop.time()
                 if isinstance(reply, dict):
                     await ws.send_json(reply)
                 else:

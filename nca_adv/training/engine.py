@@ -161,6 +161,25 @@ def run_slice(tree: Pytree, r: int) -> Pytree:
     return jax.tree.map(lambda a: a[r], tree)
 
 
+def as_raw_keys(keys) -> jax.Array:
+    """Per-run keys as (R, 2) uint32: legacy ``PRNGKey`` arrays as they are, new-style
+    typed keys (``jax.random.key``, shape (R,)) as their data."""
+    if hasattr(keys, "dtype") and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        if keys.ndim != 1:
+            raise ValueError(
+                f"keys must hold one key per run, shape (R,), got {keys.shape} "
+                "(one run: jax.random.key(seed)[None])"
+            )
+        keys = jax.random.key_data(keys)
+    keys = jnp.asarray(keys)
+    if keys.ndim != 2 or keys.shape[-1] != 2 or keys.dtype != jnp.uint32:
+        raise ValueError(
+            "keys must be one PRNG key per run: jax.random.key(...) of shape (R,) or "
+            f"PRNGKey arrays (R, 2) uint32, got {keys.dtype} {keys.shape}"
+        )
+    return keys
+
+
 def train(
     recipe: Recipe,
     keys: jax.Array,
@@ -170,7 +189,8 @@ def train(
     batch_sharding: NamedSharding | None = None,
 ) -> tuple[dict, dict]:
     """The whole training in memory, PureJaxRL-style: R runs (``keys`` (R, 2), ``runs``
-    per-run constants with a leading R axis, see :func:`stack_runs`) initialised and trained
+    per-run constants with a leading R axis, see :func:`stack_runs`; new-style
+    ``jax.random.key`` keys of shape (R,) too) initialised and trained
     ``iterations`` iterations in one jitted program (``vmap`` over runs, ``lax.scan`` over
     iterations). Returns the final states (``params``, ``opt_state``, ``pool``, ``key``;
     leading R axis) and the metrics ((R, iterations) arrays, ``loss`` first).
@@ -180,9 +200,7 @@ def train(
     check_recipe(recipe)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    keys = jnp.asarray(keys)
-    if keys.ndim != 2:
-        raise ValueError(f"keys must be (R, 2) PRNG keys, one per run, got {keys.shape}")
+    keys = as_raw_keys(keys)
     n = keys.shape[0]
     for leaf in jax.tree.leaves(runs):
         if jnp.shape(leaf)[:1] != (n,):

@@ -8,6 +8,7 @@ trained in one program. Each run's result is written to its folder (``params.npz
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,11 +17,13 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from absl import logging
 
 from nca_adv import io
 from nca_adv.attacks import perturbation
 from nca_adv.io import data, targets
 from nca_adv.models import architecture, growing, mnist
+from nca_adv.models.masks import alive_mask
 from nca_adv.training import distributed, engine, runtime, trainers
 from nca_adv.training.fit import Run, fit, placement, run_dirs
 
@@ -88,10 +91,70 @@ def _names(*axes: tuple[str, Sequence]) -> list[tuple[str, tuple]]:
 def _save_model(kind: str, model=None) -> Callable[[Any, Path], Path]:
     def save(params, folder: Path) -> Path:
         path = folder / "params.npz"
-        io.save_params(path, jax.device_get(params), kind, model)
+        params = jax.device_get(params)
+        io.save_params(path, params, kind, model or architecture.infer(params, kind))
         return path
 
     return save
+
+
+def _save_adversary(base: architecture.GrowingCA) -> Callable[[Any, Path], Path]:
+    """An adversary's params.npz: its own architecture at the base's fire rate."""
+
+    def save(params, folder: Path) -> Path:
+        path = folder / "params.npz"
+        params = jax.device_get(params)
+        model = dataclasses.replace(architecture.infer(params, "growing"), fire_rate=base.fire_rate)
+        io.save_params(path, params, "growing", model)
+        return path
+
+    return save
+
+
+def _mnist_save(model: architecture.MnistCA) -> Callable[[Any, Path], Path]:
+    def save(params, folder: Path) -> Path:
+        path = folder / "params.npz"
+        params = jax.device_get(params)
+        arch = architecture.infer(params, "mnist")
+        io.save_params(path, params, "mnist", dataclasses.replace(arch, **_rates(model)))
+        return path
+
+    return save
+
+
+def _rates(model) -> dict:
+    return {"fire_rate": model.fire_rate, "noise_std": model.noise_std}
+
+
+def load_base(base, kind: str = "growing") -> tuple[architecture.CA, str]:
+    """A frozen base given as a spec (shipped name, ``.npz``, workdir: :func:`io.load_ca`)
+    or as a :class:`~nca_adv.models.architecture.CA`: (the CA, what config.json records)."""
+    if isinstance(base, architecture.CA):
+        if base.kind != kind:
+            raise ValueError(f"expected a {kind} CA as the base, got a {base.kind} one")
+        return base.check(), "<a CA given in memory>"
+    if isinstance(base, dict):
+        raise ValueError(
+            "a bare params dict does not say its fire rate: give the base as a CA "
+            "(nca_adv.CA(model, params)) or a file spec"
+        )
+    return io.load_ca(str(base), kind), str(base)
+
+
+def _honour_rate(config, model, what: str):
+    """The config at the model's own fire rate: a config that says otherwise is dropped,
+    with a warning (the model is the rule; config.json then records one rate)."""
+    if float(config.fire_rate) != model.fire_rate:
+        # a config left at the default says nothing: only a rate asked for is worth a warning
+        log = logging.warning if config.fire_rate != growing.FIRE_RATE else logging.info
+        log(
+            "%s runs at its own fire rate %s; the training config's fire_rate %s is dropped",
+            what,
+            model.fire_rate,
+            config.fire_rate,
+        )
+        config = config._replace(fire_rate=model.fire_rate)
+    return config
 
 
 def _save_matrix(matrix, folder: Path) -> Path:
@@ -119,6 +182,8 @@ def growing_job(
         Run(name, seed, {"target": loaded[t]})
         for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
     ]
+    if model is not None:
+        config = _honour_rate(config, model, "the model trained")
     recipe = trainers.growing_recipe(config, model)
     model = model or architecture.GrowingCA(fire_rate=config.fire_rate)
     shared = {"seed": model.seed(h, w)}
@@ -140,9 +205,37 @@ def _load_targets(specs: Sequence[str], padding: int) -> tuple[dict[str, np.ndar
     return loaded, next(iter(shapes.values()))[:2]
 
 
-def _grown(base_params, h: int, w: int) -> jax.Array:
-    # One grown lizard for the whole job: the pools start from copies of it.
-    return trainers.grow(base_params, h, w, GROW_STEPS, jax.random.PRNGKey(0))
+GROWN_RGBA_LIMIT = 1.5  # a healthy grown pattern's RGBA lies in about [0, 1]
+
+
+def _grown(base, h: int, w: int, steps: int | None = None) -> jax.Array:
+    """One grown pattern for the whole job (the pools start from copies of it): the base
+    grown ``steps`` (default :data:`GROW_STEPS`) steps from the seed. A base that is not
+    stable that long (a rule trained for fewer steps) or dies gives a warning: its
+    attack would start from a broken pattern."""
+    steps = GROW_STEPS if steps is None else steps
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"grow_steps must be an integer >= 0, got {steps!r}")
+    grown = trainers.grow(base, h, w, steps, jax.random.PRNGKey(0))
+    g = np.asarray(grown)
+    alive = int(np.asarray(alive_mask(grown)).sum())
+    peak = float(np.max(np.abs(g[..., :4]))) if np.isfinite(g).all() else float("inf")
+    if alive == 0:
+        logging.warning(
+            "the base grown for %d steps from the seed is dead (no living cell): the attack "
+            "pool starts from an empty grid; pass grow_steps= (the length the base was "
+            "trained for)",
+            steps,
+        )
+    elif peak > GROWN_RGBA_LIMIT:
+        logging.warning(
+            "the base grown for %d steps is unstable (max |RGBA| = %.3g, a healthy pattern "
+            "stays within ~1): the attack pool starts from it and its losses will read "
+            "high; pass grow_steps= (the length the base was trained for)",
+            steps,
+            peak,
+        )
+    return grown
 
 
 def growing_adversary_job(
@@ -154,6 +247,8 @@ def growing_adversary_job(
     padding: int,
     adversary_init: str = "fresh",
     init_from: str | None = None,
+    *,
+    grow_steps: int | None = None,
 ) -> Job:
     """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
     ``adversary_init`` see :func:`nca_adv.training.trainers.growing_adversary_recipe`;
@@ -161,28 +256,38 @@ def growing_adversary_job(
     adversary's weights (a fresh optimiser and pool): training carries on from it."""
     for p in fractions:
         _check_fraction(p)
-    base_params = io.load_model(base, "growing")
+    base_ca, base_spec = load_base(base)
+    config = _honour_rate(config, base_ca.model, "the base")
     init_params = None
     if init_from is not None:
         from nca_adv.attacks import adversaries
 
-        init_params = adversaries.load_adversary(init_from, "growing", base_params)
+        init_params = adversaries.load_adversary(init_from, "growing", base_ca.params)
         adversary_init = "given"
     loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t], "fraction": np.float32(p)})
         for name, (t, p, seed) in _names(("", list(loaded)), ("p", fractions), ("seed", seeds))
     ]
-    shared = {"base": base_params, "grown": _grown(base_params, h, w)}
-    cfg = {"trainer": "growing_adversary", "base": base, "targets": list(target_specs)}
+    shared = {"base": base_ca, "grown": _grown(base_ca, h, w, grow_steps)}
+    cfg = {"trainer": "growing_adversary", "base": base_spec, "targets": list(target_specs)}
     cfg.update(fractions=list(fractions), seeds=list(seeds), padding=padding, **config._asdict())
+    _record_base(cfg, base_ca, grow_steps)
     if adversary_init != "fresh":  # recorded only when set, so older workdirs still resume
         cfg["adversary_init"] = adversary_init
     if init_params is not None:
         shared["init"] = init_params
         cfg.update(init_from=init_from, init_sha256=_tree_hash(init_params))
     recipe = trainers.growing_adversary_recipe(config, adversary_init)
-    return Job(recipe, shared, runs, cfg, _save_model("growing"))
+    return Job(recipe, shared, runs, cfg, _save_adversary(base_ca.model))
+
+
+def _record_base(cfg: dict, base: architecture.CA, grow_steps: int | None) -> None:
+    """Recorded only when not the defaults, so older workdirs still resume."""
+    if base.model != architecture.GrowingCA(fire_rate=base.model.fire_rate):
+        cfg["base_architecture"] = architecture.to_dict(base.model)
+    if grow_steps is not None and grow_steps != GROW_STEPS:
+        cfg["grow_steps"] = grow_steps
 
 
 def perturbation_job(
@@ -193,6 +298,8 @@ def perturbation_job(
     padding: int,
     init_from: str | None = None,
     optimizer: str = "adam",
+    *,
+    grow_steps: int | None = None,
 ) -> Job:
     """Global state perturbations of the Growing CA ``base``, one run per (target, seed).
     ``init_from`` (a shipped name or ``.npy``) starts every run from that matrix instead
@@ -200,21 +307,28 @@ def perturbation_job(
     per-variable normalised gradient, Adam at ``config.lr`` then ``lr * lr_decay`` from
     ``lr_decay_at``) or ``ngd`` (normalised gradient descent: each step moves M by exactly
     ``config.lr`` in Frobenius norm along the gradient, on the same schedule)."""
-    base_params = io.load_model(base, "growing")
+    base_ca, base_spec = load_base(base)
+    config = _honour_rate(config, base_ca.model, "the base")
     loaded, (h, w) = _load_targets(target_specs, padding)
     runs = [
         Run(name, seed, {"target": loaded[t]})
         for name, (t, seed) in _names(("", list(loaded)), ("seed", seeds))
     ]
     shared = {
-        "base": base_params,
-        "seed": growing.seed_state(h, w),
-        "grown": _grown(base_params, h, w),
+        "base": base_ca,
+        "seed": base_ca.model.seed(h, w),
+        "grown": _grown(base_ca, h, w, grow_steps),
     }
-    cfg = {"trainer": "perturbation", "base": base, "targets": list(target_specs)}
+    cfg = {"trainer": "perturbation", "base": base_spec, "targets": list(target_specs)}
     cfg.update(seeds=list(seeds), padding=padding, **config._asdict())
+    _record_base(cfg, base_ca, grow_steps)
     if init_from is not None:
         shared["init"] = np.asarray(perturbation.load_perturbation(init_from), np.float32)
+        if shared["init"].shape != (base_ca.channels,) * 2:
+            raise ValueError(
+                f"init_from {init_from!r} is a {shared['init'].shape} matrix; the base has "
+                f"{base_ca.channels} state channels"
+            )
         cfg.update(init_from=init_from, init_sha256=_tree_hash(shared["init"]))
     if optimizer not in runtime.OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {runtime.OPTIMIZERS}, got {optimizer!r}")
@@ -259,7 +373,8 @@ def mnist_job(
     shared = trainers.mnist_shared(splits.train_images, splits.train_labels)
     runs = [Run(name, seed, {}) for name, (seed,) in _names(("seed", seeds))]
     cfg = {"trainer": "mnist", "seeds": list(seeds), "cells": cells, **config._asdict()}
-    return Job(trainers.mnist_recipe(config, cells), shared, runs, cfg, _save_model("mnist"))
+    model = architecture.MnistCA(fire_rate=config.fire_rate, noise_std=config.noise_std)
+    return Job(trainers.mnist_recipe(config, cells), shared, runs, cfg, _mnist_save(model))
 
 
 def mnist_adversary_job(
@@ -294,16 +409,25 @@ def mnist_adversary_job(
         shared["init"] = io.load_model(init_from, "mnist")
         cfg.update(init_from=init_from, init_sha256=_tree_hash(shared["init"]))
     recipe = trainers.mnist_adversary_recipe(config, cells, target_class)
-    return Job(recipe, shared, runs, cfg, _save_model("mnist"))
+    model = architecture.MnistCA(fire_rate=config.fire_rate, noise_std=config.noise_std)
+    return Job(recipe, shared, runs, cfg, _mnist_save(model))
 
 
-def _save_hardened(params, folder: Path) -> Path:
-    """The hardened base as ``params.npz`` and its training adversary as ``adversary.npz``."""
-    path = folder / "params.npz"
-    params = jax.device_get(params)
-    io.save_params(path, params["base"], "mnist")
-    io.save_params(folder / "adversary.npz", params["adversary"], "mnist")
-    return path
+def _save_hardened(config=None) -> Callable[[Any, Path], Path]:
+    """The hardened base as ``params.npz`` and its training adversary as ``adversary.npz``
+    (both at the config's fire rate and noise)."""
+
+    def save(params, folder: Path) -> Path:
+        path = folder / "params.npz"
+        params = jax.device_get(params)
+        for name, p in (("params.npz", params["base"]), ("adversary.npz", params["adversary"])):
+            model = architecture.infer(p, "mnist")
+            if config is not None:
+                model = dataclasses.replace(model, **_rates(config))
+            io.save_params(folder / name, p, "mnist", model)
+        return path
+
+    return save
 
 
 def mnist_hardened_job(
@@ -343,7 +467,7 @@ def mnist_hardened_job(
         clean_share=clean_share,
         adversary_lr=adversary_lr,
     )
-    return Job(recipe, shared, runs, cfg, _save_hardened)
+    return Job(recipe, shared, runs, cfg, _save_hardened(config))
 
 
 def _check_fraction(p: float) -> None:
@@ -370,16 +494,50 @@ class TrainResult(NamedTuple):
 
 def train_job(job: Job, iterations: int, mesh=None) -> TrainResult:
     """Train ``job`` in memory (:func:`nca_adv.training.engine.train`): no workdir, no
-    files; the same numbers as :func:`run_job` for the same job."""
-    _, batch_sharding = placement(mesh, len(job.runs), job.recipe.batch_size)
+    files; the same numbers as :func:`run_job` for the same job, and the same placement
+    over ``mesh`` (whole runs per device when they divide evenly, else each batch split)."""
+    from nca_adv.training.fit import _sequential
+
+    state_sharding, batch_sharding = placement(mesh, len(job.runs), job.recipe.batch_size)
     keys = np.stack([jax.random.PRNGKey(r.seed) for r in job.runs])
     consts = engine.stack_runs([r.consts for r in job.runs])
-    states, metrics = engine.train(job.recipe, keys, job.shared, consts, iterations, batch_sharding)
+    if state_sharding is None:
+        states, metrics = engine.train(
+            job.recipe, keys, job.shared, consts, iterations, batch_sharding
+        )
+    else:
+        engine.check_recipe(job.recipe)
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        states = engine.init_states(job.recipe, jax.numpy.asarray(keys), job.shared, consts)
+        states = distributed.put(states, state_sharding)
+        consts = distributed.put(consts, state_sharding)
+        shared = distributed.put(job.shared, replicated)
+        chunk = engine.make_chunk(
+            job.recipe, iterations, len(job.runs), None, sequential=_sequential(state_sharding)
+        )
+        states, metrics = chunk(states, shared, consts)
     params, out = {}, {}
     for i, run in enumerate(job.runs):
         params[run.name] = jax.device_get(engine.run_slice(states["params"], i))
         out[run.name] = {k: np.asarray(v[i]) for k, v in metrics.items()}
+    _warn_dead({name: m.get("alive") for name, m in out.items()})
     return TrainResult(params, out)
+
+
+def _warn_dead(alive: dict) -> None:
+    """A warning for each run whose pattern died (living cells 0 at the end of training):
+    a hollow target kills the seed while the loss still reads small."""
+    for name, a in alive.items():
+        if a is None or not len(np.atleast_1d(a)):
+            continue
+        if float(np.atleast_1d(a)[-1]) == 0.0:
+            logging.warning(
+                "run %s: no living cell is left after the last iteration's rollout (the "
+                "pattern died: a hollow or empty target?); see the 'alive' metric",
+                name,
+            )
 
 
 def run_job(
@@ -418,4 +576,7 @@ def run_job(
     for run, folder, path in zip(job.runs, run_dirs(workdir, job.runs), paths):
         last = read_metrics(folder / "metrics.jsonl")[-1]
         summary[run.name] = {"dir": str(folder), "result": str(path), "final_loss": last["loss"]}
+        if "alive" in last:
+            summary[run.name]["final_alive"] = last["alive"]
+    _warn_dead({name: s.get("final_alive") for name, s in summary.items()})
     return summary

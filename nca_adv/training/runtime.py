@@ -344,11 +344,11 @@ def _unusable(directory: Path, step: int, reason: str) -> CheckpointError:
 def _write_failure(e: BaseException) -> str:
     """Why a write failed, in a few words: the OS error of ``e`` or of its causes (orbax and
     tensorstore wrap it in their own errors), else ``e``'s first line."""
-    seen = e
-    while seen is not None:
+    seen, depth = e, 0
+    while seen is not None and depth < 20:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror.lower()
-        seen = seen.__cause__ or seen.__context__
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
     text = str(e)
     code = re.search(r"os_error_code='(\d+)'", text)
     if code:

@@ -28,7 +28,7 @@ import optax
 
 from nca_adv.attacks import adversaries, perturbation
 from nca_adv.models import architecture, growing, mnist
-from nca_adv.models.masks import circle_damage_masks
+from nca_adv.models.masks import alive_mask, circle_damage_masks
 from nca_adv.models.rollout import scan_steps, scan_variable_steps
 from nca_adv.training.engine import Pool, Recipe
 from nca_adv.training.runtime import make_optimizer
@@ -83,7 +83,10 @@ def growing_family(
             step, batch["x"], k_roll, n_steps, config.max_steps, min_steps=config.min_steps
         )
         value = jnp.mean(growing.growing_loss(x, run["target"]))
-        return value, ({**batch, "x": x}, {"steps": n_steps})
+        # living cells per sample after the rollout: 0 means the pattern died (a hollow
+        # target, an unstable rule) whatever the loss says
+        alive = jnp.mean(jnp.sum(alive_mask(x), axis=(-3, -2, -1)).astype(jnp.float32))
+        return value, ({**batch, "x": x}, {"steps": n_steps, "alive": alive})
 
     if optimizer is None:
         optimizer = make_optimizer(config.lr, {config.lr_decay_at: config.lr_decay})
@@ -116,9 +119,39 @@ def adversary_pool(key, shared, run, n: int) -> Pool:
     return {"x": copies(shared["grown"], n), "mask": masks}
 
 
-def growing_step_of(params, fire_rate: float = growing.FIRE_RATE) -> Step:
-    """The step of Growing CA ``params`` (their architecture read from their shapes)."""
-    model = dataclasses.replace(architecture.infer(params, "growing"), fire_rate=fire_rate)
+def growing_step_of(base, fire_rate: float | None = None) -> Step:
+    """The step of a Growing CA: a :class:`~nca_adv.models.architecture.CA` runs at its own
+    fire rate (a ``fire_rate`` contradicting it is refused); bare ``params`` have their
+    architecture read from their shapes and run at ``fire_rate`` (default 0.5)."""
+    if isinstance(base, architecture.CA):
+        if fire_rate is not None and float(fire_rate) != base.model.fire_rate:
+            raise ValueError(
+                f"fire rate {fire_rate} contradicts the model's own {base.model.fire_rate}"
+            )
+        return base.model.step(base.params)
+    rate = growing.FIRE_RATE if fire_rate is None else fire_rate
+    model = dataclasses.replace(architecture.infer(base, "growing"), fire_rate=rate)
+    return model.step(base)
+
+
+def base_model(base, fire_rate: float | None = None) -> architecture.GrowingCA:
+    """The model of a frozen Growing CA base (a CA, or bare params at ``fire_rate``)."""
+    if isinstance(base, architecture.CA):
+        return base.model
+    rate = growing.FIRE_RATE if fire_rate is None else fire_rate
+    return dataclasses.replace(architecture.infer(base, "growing"), fire_rate=rate)
+
+
+def base_params(base):
+    """The parameters of a frozen base given as a CA or as bare params."""
+    return base.params if isinstance(base, architecture.CA) else base
+
+
+def adversary_step_of(params, base, fire_rate: float | None = None) -> Step:
+    """The step of an adversary ``params`` beside ``base``: its own architecture (read from
+    its shapes) at the base's fire rate, so the two fuse into one living step."""
+    rate = base_model(base, fire_rate).fire_rate
+    model = dataclasses.replace(architecture.infer(params, "growing"), fire_rate=rate)
     return model.step(params)
 
 
@@ -164,11 +197,13 @@ def growing_adversary_recipe(
     fresh optimiser and pool). Pool: copies of the grown lizard, each with its own
     mask (uniform < p AND alpha >= 0.1 of the mutated target); slot 0 := the grown lizard
     with a new mask; damage cuts the state, masks unchanged.
-    shared: ``base`` params, ``grown`` (H, W, 16); run: ``target``, ``fraction`` p."""
+    shared: ``base`` (a :class:`~nca_adv.models.architecture.CA`, run at its own fire
+    rate; bare params run at ``config.fire_rate``), ``grown`` (H, W, 16); run:
+    ``target``, ``fraction`` p. The adversary runs at the base's fire rate."""
 
     def make_step(params, shared, batch):
-        base = growing_step_of(shared["base"], config.fire_rate)
-        adversary = growing_step_of(params, config.fire_rate)
+        base = growing_step_of(*_base_at(shared["base"], config))
+        adversary = adversary_step_of(params, *_base_at(shared["base"], config))
         return adversaries.with_adversaries(adversary, batch["mask"])(base)
 
     if init not in ADVERSARY_INITS:
@@ -176,11 +211,11 @@ def growing_adversary_recipe(
 
     def init_params(key, shared):
         if init == "base":
-            return jax.tree.map(jnp.array, shared["base"])
+            return jax.tree.map(jnp.array, base_params(shared["base"]))
         if init == "given":
-            return jax.tree.map(jnp.array, shared["init"])
+            return jax.tree.map(jnp.array, base_params(shared["init"]))
         # A fresh CA of the base's own architecture (any size, perception).
-        return architecture.infer(shared["base"], "growing").init(key)
+        return base_model(shared["base"]).init(key)
 
     return growing_family(
         config,
@@ -203,7 +238,7 @@ def perturbation_recipe(
     run: ``target``."""
 
     def make_step(matrix, shared, batch):
-        base = growing_step_of(shared["base"], config.fire_rate)
+        base = growing_step_of(*_base_at(shared["base"], config))
         return perturbation.perturb(perturbation.symmetric(matrix))(base)
 
     return growing_family(
@@ -220,9 +255,17 @@ def perturbation_recipe(
     )
 
 
+def _base_at(base, config) -> tuple:
+    """(base, fire rate) for :func:`growing_step_of`: a CA keeps its own rate, bare params
+    take the config's."""
+    return (base, None) if isinstance(base, architecture.CA) else (base, config.fire_rate)
+
+
 def grow(params, h: int, w: int, steps: int, key: jax.Array) -> jax.Array:
-    """The pattern a Growing CA grows from the seed in ``steps`` steps: (H, W, C)."""
-    model = architecture.infer(params, "growing")
+    """The pattern a Growing CA (a CA, or bare params at the default fire rate) grows from
+    the seed in ``steps`` steps: (H, W, C)."""
+    model = base_model(params)
+    params = base_params(params)
     if model == architecture.GrowingCA():
         return growing.rollout(params, growing.seed_state(h, w), key, steps)
     seed = model.seed(h, w)

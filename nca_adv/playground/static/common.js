@@ -42,7 +42,7 @@ export const stats = {
 };
 window.ncaStats = stats;
 
-const PING_MS = 10000; // a visible page says so this often (the server stops unwatched sessions)
+const PING_MS = 10000; // an open page says so this often (the server frees silent sessions)
 const RATE_WINDOW_MS = 2000;
 
 export class Session {
@@ -116,8 +116,7 @@ export class Session {
 
   visibility() {
     if (document.hidden) {
-      this.stopPing();
-      this.send({ type: "visible", on: false });
+      this.send({ type: "visible", on: false }); // stops computing; the pings keep the slot
       return;
     }
     if (this.closed && !this.busy && !this.leaving) {
@@ -131,9 +130,9 @@ export class Session {
 
   startPing() {
     this.stopPing();
-    this.ping = setInterval(() => {
-      if (!document.hidden) this.send({ type: "visible", on: true });
-    }, PING_MS);
+    // An open page (shown or in a background tab) says so; a page the browser froze or
+    // dropped cannot, and the server frees its session.
+    this.ping = setInterval(() => this.send({ type: "visible", on: !document.hidden }), PING_MS);
   }
 
   stopPing() {

@@ -22,6 +22,7 @@ let h = 72, w = 72;
 let drawing = false;
 let last = null;
 let lastFrame = null;
+let perturbSeq = 0; // the action number of the page's last change to the switch
 const history = []; // [loss_target, loss_complete]
 // The adversary marks: the red adversary's in red, the others in dark colours that stand
 // out on the lizard; the swatches have a white ring, so they show on a pressed button too.
@@ -86,7 +87,9 @@ function show(header) {
   document.getElementById("loss-target").textContent = header.loss_target.toExponential(3);
   document.getElementById("loss-complete").textContent = header.loss_complete.toExponential(3);
   document.getElementById("alive").textContent = header.alive;
-  document.getElementById("perturb-on").checked = header.perturb_on;
+  // The switch as the server has it, once the server has seen the page's last change
+  // (a frame already on its way would flip it back for a moment).
+  if (header.ack !== null && header.ack >= perturbSeq) document.getElementById("perturb-on").checked = header.perturb_on;
   const target = document.getElementById("target");
   if (target.value !== header.target) target.value = header.target;
   for (const [name, k] of Object.entries(header.ks)) {
@@ -161,6 +164,7 @@ function buildSliders(msg) {
       if (!document.getElementById("perturb-on").checked) {
         document.getElementById("perturb-on").checked = true;
         session.send({ type: "perturb", on: true });
+        perturbSeq = session.seq;
       }
     });
     row.append(label, input, out);
@@ -317,9 +321,10 @@ for (const id of ["cut-radius", "brush-radius"]) {
   const input = document.getElementById(id);
   input.addEventListener("input", () => (document.getElementById(`${id}-value`).textContent = input.value));
 }
-document.getElementById("perturb-on").addEventListener("change", (ev) =>
-  session.send({ type: "perturb", on: ev.target.checked }, ev.timeStamp),
-);
+document.getElementById("perturb-on").addEventListener("change", (ev) => {
+  session.send({ type: "perturb", on: ev.target.checked }, ev.timeStamp);
+  perturbSeq = session.seq;
+});
 document.getElementById("k-zero").addEventListener("click", (ev) => {
   for (const name of hello ? hello.perturbations : []) {
     session.send({ type: "k", name, value: 0 }, ev.timeStamp);
