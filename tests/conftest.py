@@ -83,8 +83,8 @@ def count_chunks(monkeypatch):
         ran: list[int] = []
         real = engine.make_chunk
 
-        def counting(recipe, length, runs, batch_sharding=None):
-            chunk = real(recipe, length, runs, batch_sharding)
+        def counting(recipe, length, runs, batch_sharding=None, **kwargs):
+            chunk = real(recipe, length, runs, batch_sharding, **kwargs)
 
             def call(*args):
                 ran.append(length)
