@@ -157,6 +157,65 @@ def test_eval_growing_runs_a_new_architecture_at_its_rate(rule, tmp_path):
     assert a["loss"] != b["loss"]
 
 
+def test_mix_perturbations_runs_a_03_model_at_03(lizard_03):
+    args = ("tail=0.5", "--steps=4", "--padding=0", "--runs=1", "--x0=seed")
+    a = _launch("nca_adv.experiments.mix_perturbations", f"--model={lizard_03}", *args)
+    b = _launch("nca_adv.experiments.mix_perturbations", "--model=lizard", *args)
+    assert a["fire_rate"] == 0.3 and b["fire_rate"] == 0.5
+    assert a["phases"] != b["phases"]
+
+
+def test_train_growing_adversary_base_keeps_its_rate(lizard_03, tmp_path):
+    out = _launch(
+        "nca_adv.experiments.train_growing_adversary",
+        f"--base={lizard_03}",
+        f"--workdir={tmp_path / 'w'}",
+        "--target=lizard_no_tail",
+        "--iterations=1",
+        "--pool_size=4",
+        "--batch_size=2",
+        "--min_steps=2",
+        "--max_steps=3",
+        "--damage_n=0",
+        "--padding=0",
+        "--grow_steps=5",
+        "--checkpoint_every=1",
+        "--chunk=1",
+    )
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["fire_rate"] == 0.3 and config["grow_steps"] == 5
+    assert nca_adv.load_ca(out["params"], "growing").model.fire_rate == 0.3
+    assert nca_adv.load_ca(str(tmp_path / "w"), "growing").model.fire_rate == 0.3
+
+
+def test_place_adversaries_refuses_a_model_it_cannot_run(lizard_03):
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nca_adv.experiments.place_adversaries",
+            "--kind=growing",
+            f"--model={lizard_03}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+    assert res.returncode != 0
+    assert "fire rate 0.5" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_the_playground_loads_a_03_model_at_03(lizard_03):
+    from nca_adv.playground import models
+
+    loaded = models.load_lizard_models(str(lizard_03))
+    assert loaded.base.model.fire_rate == 0.3
+    assert all(a.model.fire_rate == 0.3 for a in loaded.adversaries.values())
+    assert architecture.bind(loaded.base, "growing").model.fire_rate == 0.3
+
+
 def _fields(model) -> dict:
     d = architecture.to_dict(model)
     d.pop("kind")

@@ -367,8 +367,8 @@ def _growing_attack(base, adv, x0, alpha, keys, p, grow_first, steps, trajectory
 
 
 def growing_attack(
-    base,
-    adv,
+    base: architecture.ModelLike,
+    adv: architecture.ModelLike,
     target,
     key: jax.Array,
     runs: int,
@@ -394,8 +394,8 @@ def growing_attack(
 
 
 def growing_success_curve(
-    base,
-    adv,
+    base: architecture.ModelLike,
+    adv: architecture.ModelLike,
     target: jax.Array,
     keys: jax.Array,
     ps: jax.Array,

@@ -52,7 +52,7 @@ def _check(a, on, channels: int = CHANNELS) -> tuple[jax.Array, jax.Array]:
 
 
 def perturbed_rollout(
-    params,
+    params: architecture.ModelLike,
     a: jax.Array,
     x0: jax.Array,
     key: jax.Array,
@@ -99,7 +99,7 @@ class PhaseResult(NamedTuple):
 
 
 def run_phases(
-    params,
+    params: architecture.ModelLike,
     a: jax.Array,
     x0: jax.Array,
     keys: jax.Array,
@@ -112,9 +112,7 @@ def run_phases(
     params = architecture.as_stepper(params, "growing")
     x0 = _check_x0(params, x0)
     if x0.ndim != 4 or keys.shape[0] != x0.shape[0]:
-        raise ValueError(
-            f"need (S, H, W, C) start states and S keys, got {x0.shape}, {keys.shape}"
-        )
+        raise ValueError(f"need (S, H, W, C) start states and S keys, got {x0.shape}, {keys.shape}")
     a, _ = _check(a, [True], x0.shape[-1])
     out, x = [], jnp.asarray(x0)
     for on, start, end in phases:
@@ -124,12 +122,14 @@ def run_phases(
     return out
 
 
-def grow(params, h: int, w: int, keys: jax.Array, steps: int) -> jax.Array:
+def grow(params: architecture.ModelLike, h: int, w: int, keys: jax.Array, steps: int) -> jax.Array:
     """(S, H, W, C): one seed per key grown ``steps`` steps by the base alone."""
     base = architecture.as_stepper(params, "growing")
     channels = architecture.state_channels(base) or growing.CHANNELS
-    seed = base.model.seed(h, w) if isinstance(base, architecture.CA) else growing.seed_state(
-        h, w, channels
+    seed = (
+        base.model.seed(h, w)
+        if isinstance(base, architecture.CA)
+        else growing.seed_state(h, w, channels)
     )
     seeds = jnp.broadcast_to(seed, (keys.shape[0], *seed.shape))
     if not steps:
@@ -190,7 +190,7 @@ def _sweep(params, matrices, x0, keys, steps, target, original_target, frames_ev
 
 
 def sweep(
-    params,
+    params: architecture.ModelLike,
     matrices: jax.Array,
     x0: jax.Array,
     keys: jax.Array,

@@ -314,9 +314,10 @@ def _params_kind(params: object) -> str | None:
     writes every channel but the grey one."""
     if not isinstance(params, dict):
         return None
-    if params.get("dense2", {}).get("kernel") is not None and np.ndim(
-        params["dense2"]["kernel"]
-    ) == 3:  # run-stacked
+    if (
+        params.get("dense2", {}).get("kernel") is not None
+        and np.ndim(params["dense2"]["kernel"]) == 3
+    ):  # run-stacked
         params = jax.tree.map(lambda a: a[0], params)
     try:
         return architecture.infer(jax.tree.map(np.asarray, params)).kind

@@ -122,6 +122,21 @@ def _mnist_save(model: architecture.MnistCA) -> Callable[[Any, Path], Path]:
     return save
 
 
+def _honour_mnist_rates(config, model: architecture.MnistCA):
+    """The MNIST config at the frozen base's own fire rate and noise (a config left at the
+    defaults that says otherwise is replaced, one that asked for other rates too, with a
+    warning)."""
+    want = _rates(model)
+    have = {k: float(getattr(config, k)) for k in want}
+    if have != want:
+        asked = have != {"fire_rate": mnist.FIRE_RATE, "noise_std": mnist.NOISE_STD}
+        (logging.warning if asked else logging.info)(
+            "the base runs at its own %s; the training config's %s is dropped", want, have
+        )
+        config = config._replace(**want)
+    return config
+
+
 def _rates(model) -> dict:
     return {"fire_rate": model.fire_rate, "noise_std": model.noise_std}
 
@@ -395,7 +410,9 @@ def mnist_adversary_job(
         _check_fraction(p)
     if not 0 <= target_class < mnist.NUM_CLASSES:
         raise ValueError(f"target class must be a digit 0..9, got {target_class}")
-    base_params = io.load_model(base, "mnist")
+    base_ca = io.load_ca(base, "mnist")
+    config = _honour_mnist_rates(config, base_ca.model)
+    base_params = base_ca.params
     splits = splits or data.load_mnist(mnist_dir)
     cells = mnist_cells(splits.train_images, step_form)
     shared = trainers.mnist_shared(splits.train_images, splits.train_labels, base=base_params)
@@ -449,7 +466,9 @@ def mnist_hardened_job(
     _check_fraction(max_fraction)
     if not 0.0 <= clean_share <= 1.0:
         raise ValueError(f"clean share must lie in [0, 1], got {clean_share}")
-    base_params = io.load_model(base, "mnist")
+    base_ca = io.load_ca(base, "mnist")
+    config = _honour_mnist_rates(config, base_ca.model)
+    base_params = base_ca.params
     adversary_params = io.load_model(adversary, "mnist")
     splits = splits or data.load_mnist(mnist_dir)
     cells = mnist_cells(splits.train_images, step_form)
