@@ -264,7 +264,7 @@ def _losses(x, target, original) -> dict:
 
 def _perturbation_result(params, target, original) -> dict:
     """--perturbation: the perturbed rollout, one key per run, losses per phase."""
-    a = perturbation.load_perturbation(FLAGS.perturbation)
+    a = perturbation.load_perturbation(FLAGS.perturbation, params.model.channels)
     phases = perturbation.parse_phases(FLAGS.perturbation_schedule, FLAGS.steps)
     h, w = target.shape[:2]
     k_grow, k_run = jax.random.split(jax.random.PRNGKey(FLAGS.seed))
@@ -344,7 +344,7 @@ def _perturbed_attack_result(params, target, original) -> dict:
     perturbation off throughout it is --adversary alone, bit for bit."""
     adv = adversaries.load_adversary_ca(FLAGS.adversary, "growing", params)
     adversaries.check_compatible(params, adv)
-    a = jnp.asarray(perturbation.load_perturbation(FLAGS.perturbation), jnp.float32)
+    a = jnp.asarray(perturbation.load_perturbation(FLAGS.perturbation, params.model.channels))
     phases = perturbation.parse_phases(FLAGS.perturbation_schedule, FLAGS.steps)
     alpha = adversaries.target_alpha(target)
     keys = jax.random.split(jax.random.PRNGKey(FLAGS.seed), FLAGS.runs)

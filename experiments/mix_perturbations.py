@@ -74,9 +74,9 @@ def main(argv):
         need += FLAGS.steps * (state // 4 + (side * FLAGS.zoom) ** 2 * 3)
     cli.check_memory(need, f"a {side}x{side} grid (--padding={FLAGS.padding}), --runs={FLAGS.runs}")
     spec = ",".join(terms)
-    a = perturbation.load_perturbation(spec)
-    phases = perturbation.parse_phases(FLAGS.schedule, FLAGS.steps)
     params = io.load_ca(FLAGS.model, "growing")  # the model's own architecture and fire rate
+    a = perturbation.load_perturbation(spec, params.model.channels)
+    phases = perturbation.parse_phases(FLAGS.schedule, FLAGS.steps)
     named = {"original": targets.load_target(FLAGS.original_target, padding=FLAGS.padding)}
     if FLAGS.target:
         named["target"] = targets.load_target(FLAGS.target, padding=FLAGS.padding)

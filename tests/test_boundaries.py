@@ -235,3 +235,13 @@ def test_engine_train_takes_new_style_keys():
     assert "alive" in m_new
     with pytest.raises(ValueError, match="one key per run"):
         engine.train(recipe, jax.random.key(3), shared, runs, 2)
+
+
+def test_mnist_jobs_take_the_bases_own_rates():
+    from nca_adv.models import mnist
+    from nca_adv.training import jobs
+
+    cfg = mnist.MnistTrainConfig()
+    out = jobs._honour_mnist_rates(cfg, nca_adv.MnistCA(fire_rate=0.3, noise_std=0.01))
+    assert out.fire_rate == 0.3 and out.noise_std == 0.01
+    assert jobs._honour_mnist_rates(cfg, nca_adv.MnistCA()) is cfg

@@ -143,8 +143,9 @@ def shipped_perturbations() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.npy"))} if folder.is_dir() else {}
 
 
-def load_matrix(spec: str) -> np.ndarray:
-    """A shipped name (``tail``, ``leg``, ...) or a ``.npy`` path -> checked (16, 16) float32.
+def load_matrix(spec: str, channels: int = CHANNELS) -> np.ndarray:
+    """A shipped name (``tail``, ``leg``, ...) or a ``.npy`` path -> checked (C, C) float32
+    (``channels`` C: 16, the lizard's; a model of another state size takes its own).
 
     Files are loaded as they are (the authors' ``*_sym_t.npy`` are already symmetric).
     """
@@ -166,8 +167,7 @@ def load_matrix(spec: str) -> np.ndarray:
         raise ValueError(f"{path} is not a readable .npy array: {e}") from e
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{path} holds an archive, not one .npy array")
-    # any square size: a model of C state channels takes C x C (checked where it is used)
-    return check_matrix(a, str(path), a.shape[0] if a.ndim == 2 else CHANNELS)
+    return check_matrix(a, str(path), channels)
 
 
 def save_matrix(path: str | os.PathLike, a) -> Path:
@@ -232,16 +232,16 @@ def parse_mix_terms(spec: str) -> list[tuple[str, float]]:
     return terms
 
 
-def load_perturbation(spec: str) -> np.ndarray:
+def load_perturbation(spec: str, channels: int = CHANNELS) -> np.ndarray:
     """A ``--perturbation`` SPEC: a shipped name, a ``.npy`` path or a mix
-    (``tail=1,leg=1``) -> its (16, 16) float32 matrix."""
-    return parse_mix(spec)
+    (``tail=1,leg=1``) -> its (C, C) float32 matrix (C = ``channels``, 16 by default)."""
+    return parse_mix(spec, channels)
 
 
-def parse_mix(spec: str) -> np.ndarray:
+def parse_mix(spec: str, channels: int = CHANNELS) -> np.ndarray:
     """A mix spec (names and ``.npy`` paths, see :func:`parse_mix_terms`) -> its matrix
     ``sum_i k_i A_i + (1 - sum_i k_i) I``. A single bare name is that matrix."""
-    return mix([(k, load_matrix(name)) for name, k in parse_mix_terms(spec)])
+    return mix([(k, load_matrix(name, channels)) for name, k in parse_mix_terms(spec)])
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -52,13 +52,14 @@ def _curve(metrics: Path, step: int | None) -> tuple[list[str], list[dict]]:
     return columns, records
 
 
-def _weights(workdir: Path, kind: str) -> tuple[dict, int | None]:
+def _weights(workdir: Path, kind: str) -> tuple[object, int | None]:
     """The run's parameters and the iteration they are from (None: the last recorded):
     the latest checkpoint of a run folder with ``checkpoints/``, else the ``params.npz``
     that the trainer writes into each run's folder."""
     if not (workdir / "checkpoints").is_dir() and (workdir / "params.npz").is_file():
-        return io.load_npz(workdir / "params.npz", kind), None
-    return io.load_checkpoint_params(workdir, kind), io.checkpoint_step(workdir)
+        return io.read_npz(workdir / "params.npz", kind), None
+    # a CA: its model (fire rate included) is exported with it
+    return io.weights._load_checkpoint_ca(workdir, kind), io.checkpoint_step(workdir)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -136,7 +137,7 @@ def export_hardened(
         if shipped and not force:
             raise UserError(f"{out / name}.npz is a model shipped in the package; pass --force")
     columns, records = _curve(workdir / "metrics.jsonl", None)
-    params = {name: io.load_npz(path, "mnist") for name, path in files.items()}
+    params = {name: io.read_npz(path, "mnist") for name, path in files.items()}
     out.mkdir(parents=True, exist_ok=True)
     lines = [",".join(columns)] + [
         ",".join([str(r["iteration"])] + [f"{r[k]:.6g}" for k in columns[1:]]) for r in records

@@ -254,7 +254,7 @@ def _grown(base, h: int, w: int, steps: int | None = None) -> jax.Array:
 
 
 def growing_adversary_job(
-    base: str,
+    base: str | architecture.CA,
     target_specs: Sequence[str],
     fractions: Sequence[float],
     seeds: Sequence[int],
@@ -268,7 +268,15 @@ def growing_adversary_job(
     """Adversarial cells for the Growing CA ``base``, one run per (target, p, seed);
     ``adversary_init`` see :func:`nca_adv.training.trainers.growing_adversary_recipe`;
     ``init_from`` (a shipped name, ``.npz`` or workdir) starts every run from that
-    adversary's weights (a fresh optimiser and pool): training carries on from it."""
+    adversary's weights (a fresh optimiser and pool): training carries on from it.
+
+    ``base``: a spec (:func:`nca_adv.io.load_ca`) or a
+    :class:`~nca_adv.models.architecture.CA`; it keeps its own model: the base and its
+    adversaries run at its fire rate (a config saying otherwise is dropped, with a
+    warning), and the results are saved with it. ``grow_steps`` (default
+    :data:`GROW_STEPS`): how long the base grows from the seed to start the pool (a base
+    that is dead or unstable by then gives a warning). A bare params dict is refused: it
+    cannot say its fire rate."""
     for p in fractions:
         _check_fraction(p)
     base_ca, base_spec = load_base(base)
@@ -306,7 +314,7 @@ def _record_base(cfg: dict, base: architecture.CA, grow_steps: int | None) -> No
 
 
 def perturbation_job(
-    base: str,
+    base: str | architecture.CA,
     target_specs: Sequence[str],
     seeds: Sequence[int],
     config: growing.GrowingTrainConfig,
@@ -321,7 +329,9 @@ def perturbation_job(
     of the identity (a fresh optimiser and pool). ``optimizer``: ``adam`` (the article's:
     per-variable normalised gradient, Adam at ``config.lr`` then ``lr * lr_decay`` from
     ``lr_decay_at``) or ``ngd`` (normalised gradient descent: each step moves M by exactly
-    ``config.lr`` in Frobenius norm along the gradient, on the same schedule)."""
+    ``config.lr`` in Frobenius norm along the gradient, on the same schedule).
+    ``base`` and ``grow_steps``: as :func:`growing_adversary_job` (the base keeps its own
+    model and fire rate)."""
     base_ca, base_spec = load_base(base)
     config = _honour_rate(config, base_ca.model, "the base")
     loaded, (h, w) = _load_targets(target_specs, padding)
