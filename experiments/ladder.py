@@ -327,7 +327,38 @@ def _install(rung: Rung, best: Path, folder: Path, assets: Path, iteration: int)
         tmp.replace(dest / f"{rung.ships}.npy")
     else:
         dest = assets / "models"
-        params = io.load_model(str(best), "growing")
-        io.save_params(dest / f"{rung.ships}.npz", params, "growing")
+        io.save_params(dest / f"{rung.ships}.npz", io.load_ca(str(best), "growing"))
     runtime.write_atomic(dest / f"{rung.ships}_metrics.csv", "\n".join(lines) + "\n")
     logging.info("%s: shipped as %s (iteration %d)", rung.name, rung.ships, iteration)
+
+
+def summary_table(assets: Path) -> str:
+    """A markdown table of ``assets/results/ladder.json``: per shipped attack its
+    iterations so far, recipe, latest evaluation and date."""
+    record = json.loads(ladder_record_path(assets).read_text())
+    lines = [
+        "| attack | iterations so far | last recipe | evaluation: loss / to complete / ratio | shipped on |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in sorted(record.items()):
+        ev = entry.get("evaluation") or (entry.get("authors") and None)
+        if name.endswith("like_for_like"):
+            last = entry["trials"][-1]["best"]
+            au = entry["authors"]
+            lines.append(
+                f"| {name} (authors' lizard and target; not shipped) | {last['iteration']} "
+                f"(from I) | {entry['trials'][-1]['recipe']['lr']} -> x0.1 at "
+                f"{entry['trials'][-1]['recipe']['lr_decay_at']} | {last['loss']:.5f} / "
+                f"{last['loss_original']:.5f} / {last['ratio']:.3f} (the authors' matrix: "
+                f"{au['loss']:.5f} / {au['loss_original']:.5f} / {au['ratio']:.3f}) | - |"
+            )
+            continue
+        recipe = entry.get("recipe", {})
+        text = f"init {recipe.get('init', '?')}, lr {recipe.get('lr', '?')}"
+        score = (
+            "-" if not ev else f"{ev['loss']:.5f} / {ev['loss_original']:.5f} / {ev['ratio']:.3f}"
+        )
+        lines.append(
+            f"| {name} | {entry.get('iterations', '?')} | {text} | {score} | {entry.get('date', '?')} |"
+        )
+    return "\n".join(lines)

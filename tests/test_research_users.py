@@ -112,6 +112,10 @@ def test_a_rule_trained_in_a_workdir_reloads_at_its_rate(tmp_path):
         from_ckpt = nca_adv.load_ca(str(tmp_path / name / "checkpoints"), "growing")
         from_npz = nca_adv.load_ca(str(tmp_path / name / "params.npz"), "growing")
         assert from_ckpt.model == from_npz.model and from_npz.model.fire_rate == 0.3
+        from nca_adv.io import export
+
+        shipped = export.export_run(tmp_path / name, "growing", f"mine_{name}", tmp_path / "out")
+        assert nca_adv.load_ca(shipped["weights"], "growing").model == from_npz.model
 
 
 def test_an_unstable_or_dead_base_is_reported(tmp_path, caplog):
