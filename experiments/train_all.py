@@ -72,14 +72,7 @@ flags.DEFINE_string(
 common.define_device_flags()
 
 # The six perturbation targets of the article and the names their matrices ship under.
-PERTURBATIONS = {
-    "lizard_no_tail": "tail",
-    "lizard_no_leg": "leg",
-    "lizard_no_arm": "arm",
-    "lizard_no_head": "head",
-    "lizard_red": "red",
-    "lizard_blue": "blue",
-}
+PERTURBATIONS = jobs.SHIPPED_PERTURBATIONS
 
 
 class Preset(NamedTuple):
