@@ -58,7 +58,12 @@ def capacities(cells: int, fractions: Sequence[float] = FRACTIONS) -> tuple[int,
 def needed_cells(x: jax.Array) -> jax.Array:
     """(..., H, W, 1) bool: the cells whose update can reach a step's result, the 3x3
     dilation of the alive mask."""
-    pre = alive_mask(x).astype(jnp.float32)
+    return _dilate(alive_mask(x))
+
+
+def _dilate(pre: jax.Array) -> jax.Array:
+    """The 3x3 dilation of an alive mask (..., H, W, 1) bool."""
+    pre = pre.astype(jnp.float32)
     window = (1,) * (pre.ndim - 3) + (3, 3, 1)
     return jax.lax.reduce_window(pre, 0.0, jax.lax.max, window, (1,) * pre.ndim, "SAME") > 0
 
@@ -99,9 +104,10 @@ def _dense_dx(x, features_of, nets) -> list[jax.Array]:
     return [apply(params, feats) for apply, params in nets]
 
 
-def _updates(x, features_of, nets, caps: tuple[int, ...]) -> list[jax.Array]:
-    """Every network's dx on the needed cells, through the smallest capacity that holds them."""
-    need = needed_cells(x)
+def _updates(x, pre, features_of, nets, caps: tuple[int, ...]) -> list[jax.Array]:
+    """Every network's dx on the needed cells (the dilation of the alive mask ``pre``),
+    through the smallest capacity that holds them."""
+    need = _dilate(pre)
     count = jnp.sum(need)
     branches = [
         functools.partial(_living_dx, need=need, features_of=features_of, nets=nets, k=k)
@@ -123,11 +129,11 @@ def _impl(cfg, params, x, keys, mask):
     flat = x.reshape(-1, h, w, c)
     caps = capacities(flat.shape[0] * h * w, fractions)
     nets = list(zip(applies, params))
-    dxs = _updates(flat, features_of, nets, caps)
+    pre = alive_mask(flat)
+    dxs = _updates(flat, pre, features_of, nets, caps)
     # Fire masks per group over (*lead, H, W), as the dense step draws them from its key.
     fire_shape = (*lead, h, w)
     fire = _draw_fire(keys, fire_shape, fire_rate).reshape(-1, h, w, 1)
-    pre = alive_mask(flat)
     results = []
     for dx in dxs:
         y = flat + dx * fire
