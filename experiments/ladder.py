@@ -161,12 +161,11 @@ class Judge:
 
     def __call__(self, result: str | Path) -> dict:
         r = self.rung
+        kw = {"runs": self.runs} if self.runs else {}
         if r.kind == "perturbation":
             a = perturbation.load_matrix(str(result))
-            kw = {"runs": self.runs} if self.runs else {}
             return protocols.perturbation_protocol(self.base, a, self.target, self.original, **kw)
         adv = adversaries.load_adversary(str(result), "growing", self.base.params)
-        kw = {"runs": self.runs} if self.runs else {}
         return protocols.adversary_protocol(
             self.base, adv, self.target, self.original, r.fraction, **kw
         )
@@ -341,7 +340,7 @@ def summary_table(assets: Path) -> str:
         "|---|---|---|---|---|",
     ]
     for name, entry in sorted(record.items()):
-        ev = entry.get("evaluation") or (entry.get("authors") and None)
+        ev = entry.get("evaluation")
         if name.endswith("like_for_like"):
             last = entry["trials"][-1]["best"]
             au = entry["authors"]
