@@ -177,3 +177,36 @@ def test_engine_sequential_runs_equal_vmapped_runs(lizard):
         outs.append((states["params"], metrics["loss"]))
     _close(outs[0][1], outs[1][1], 1e-5)
     _close(outs[0][0], outs[1][0], 1e-5)
+
+
+def test_scoped_form_and_programs_over_several_devices(lizard, monkeypatch):
+    """``step_form`` scopes the default form (an explicit form still wins); a training
+    program built with ``step_form="dense"`` (what the trainers pass when it spans several
+    devices, where a living step's gather would cross them) builds no living step."""
+    model = architecture.GrowingCA()
+    with living.step_form("dense"):
+        assert model.step(lizard).form == "dense"
+        assert model.step(lizard, "living").form == "living"
+    assert model.step(lizard).form == living.resolve_form()
+    with pytest.raises(ValueError, match="step form"), living.step_form("sparse"):
+        pass
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
+    from nca_adv.training import fit
+
+    assert fit.step_form_for(mesh) is None and fit.step_form_for(None) is None
+
+    calls = []
+    real = living.living_step
+    monkeypatch.setattr(living, "living_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = growing.GrowingTrainConfig(
+        pool_size=4, batch_size=2, min_steps=2, max_steps=3, damage_n=0
+    )
+    recipe = trainers.perturbation_recipe(config)
+    seed = growing.seed_state(H, W)
+    shared = {"base": lizard, "seed": seed, "grown": seed}
+    runs = {"target": np.zeros((1, H, W, 4), np.float32)}
+    for form, expect_living in (("dense", False), ("living", True)):
+        calls.clear()
+        states = engine.init_states(recipe, jax.random.PRNGKey(0)[None], shared, runs)
+        engine.make_chunk(recipe, 1, 1, step_form=form)(states, shared, runs)
+        assert bool(calls) == expect_living, form

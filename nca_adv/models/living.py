@@ -27,6 +27,8 @@ it, then gathered: the same key gives the same cells firing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -235,10 +237,31 @@ def set_step_form(form: str) -> None:
     _default_form = form
 
 
+_scoped_form: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "nca_adv_step_form", default=None
+)
+
+
+@contextlib.contextmanager
+def step_form(form: str):
+    """Within this block (and the functions traced in it), steps built without an explicit
+    form take ``form``. The trainers trace a program that spans several devices under
+    ``step_form("dense")``: a living step gathers cells across the whole sharded batch, which
+    puts collectives inside its capacity switch (on a CPU with fewer cores than devices,
+    those can wait on each other for ever)."""
+    if form not in STEP_FORMS:
+        raise ValueError(f"step form must be one of {STEP_FORMS}, got {form!r}")
+    token = _scoped_form.set(form)
+    try:
+        yield
+    finally:
+        _scoped_form.reset(token)
+
+
 def resolve_form(form: str | None = None) -> str:
-    """``living`` or ``dense``: ``form`` (default: :func:`set_step_form`'s) with ``auto``
-    decided by the default backend."""
-    form = form or _default_form
+    """``living`` or ``dense``: ``form`` (default: the enclosing :func:`step_form`'s, else
+    :func:`set_step_form`'s) with ``auto`` decided by the default backend."""
+    form = form or _scoped_form.get() or _default_form
     if form not in STEP_FORMS:
         raise ValueError(f"step form must be one of {STEP_FORMS}, got {form!r}")
     if form == "auto":

@@ -115,6 +115,7 @@ def make_chunk(
     runs: int,
     batch_sharding: NamedSharding | None = None,
     sequential: bool | None = None,
+    step_form: str | None = None,
 ) -> Callable[[dict, Pytree, Pytree], tuple[dict, dict]]:
     """A jitted ``(states, shared, runs) -> (states, metrics)`` running ``length``
     iterations of every run (leading run axis R on ``states``, ``runs`` and the metrics,
@@ -126,9 +127,15 @@ def make_chunk(
     vmapped, which keeps those conds and the living-cell steps' capacity switch (a
     differentiated step under ``vmap`` would run every branch); default: when the
     Growing CA steps are living-cell ones (CPU). Same numbers either way.
+
+    ``step_form``: the form of the Growing CA steps the recipe builds inside this program
+    (:func:`nca_adv.models.living.step_form`); default ``dense`` when ``batch_sharding``
+    spans several devices (a living step's gather would cross them), else the global one.
     """
+    if step_form is None and batch_sharding is not None and len(batch_sharding.device_set) > 1:
+        step_form = "dense"
     if sequential is None:
-        sequential = living.resolve_form() == "living"
+        sequential = living.resolve_form(step_form) == "living"
 
     def one_run(state, shared, run):
         def body(s, _):
@@ -148,6 +155,13 @@ def make_chunk(
             return jax.lax.map(lambda a: one_run(a[0], shared, a[1]), (states, run_consts))
     else:
         chunk = jax.vmap(one_run, in_axes=(0, None, 0))
+    if step_form is not None:
+        unscoped = chunk
+
+        def chunk(states, shared, run_consts):  # traced, so the steps are built, in the scope
+            with living.step_form(step_form):
+                return unscoped(states, shared, run_consts)
+
     return jax.jit(chunk, donate_argnums=0)
 
 

@@ -55,6 +55,12 @@ def _sequential(state_sharding) -> bool | None:
     return False if state_sharding is not None else None
 
 
+def step_form_for(mesh: Mesh | None) -> str | None:
+    """The Growing CA steps' form in a program over ``mesh``: dense when it spans several
+    devices (:func:`nca_adv.models.living.step_form`), else the global choice."""
+    return "dense" if mesh is not None and mesh.devices.size > 1 else None
+
+
 def placement(
     mesh: Mesh | None, num_runs: int, batch_size: int
 ) -> tuple[NamedSharding | None, NamedSharding | None]:
@@ -173,6 +179,7 @@ def fit(
             checkpoint_every,
             batch_sharding,
             _sequential(state_sharding),
+            step_form_for(mesh),
         )
     finally:
         for w in writers:
@@ -215,6 +222,7 @@ def _train(
     every,
     sharding,
     sequential=None,
+    step_form=None,
 ):
     compiled: dict[int, Any] = {}
     progress = Progress(start, total)
@@ -223,7 +231,9 @@ def _train(
         end = min(total, (i // length + 1) * length)
         n = end - i
         if n not in compiled:
-            compiled[n] = engine.make_chunk(recipe, n, len(runs), sharding, sequential=sequential)
+            compiled[n] = engine.make_chunk(
+                recipe, n, len(runs), sharding, sequential=sequential, step_form=step_form
+            )
         states, metrics = compiled[n](states, shared, run_consts)
         metrics = distributed.host_value(metrics)  # every process checks for divergence
         for r in range(len(runs)):

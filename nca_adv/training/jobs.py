@@ -525,7 +525,7 @@ def train_job(job: Job, iterations: int, mesh=None) -> TrainResult:
     """Train ``job`` in memory (:func:`nca_adv.training.engine.train`): no workdir, no
     files; the same numbers as :func:`run_job` for the same job, and the same placement
     over ``mesh`` (whole runs per device when they divide evenly, else each batch split)."""
-    from nca_adv.training.fit import _sequential
+    from nca_adv.training.fit import _sequential, step_form_for
 
     state_sharding, batch_sharding = placement(mesh, len(job.runs), job.recipe.batch_size)
     keys = np.stack([jax.random.PRNGKey(r.seed) for r in job.runs])
@@ -544,7 +544,12 @@ def train_job(job: Job, iterations: int, mesh=None) -> TrainResult:
         consts = distributed.put(consts, state_sharding)
         shared = distributed.put(job.shared, replicated)
         chunk = engine.make_chunk(
-            job.recipe, iterations, len(job.runs), None, sequential=_sequential(state_sharding)
+            job.recipe,
+            iterations,
+            len(job.runs),
+            None,
+            sequential=_sequential(state_sharding),
+            step_form=step_form_for(mesh),
         )
         states, metrics = chunk(states, shared, consts)
     params, out = {}, {}
