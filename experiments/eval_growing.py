@@ -396,21 +396,13 @@ def _model_fields(ca) -> dict:
 
 
 def _rollout_with_damage(ca, x0, key, steps: int, damage_at, trajectory: bool):
-    """growing.rollout_with_damage for any Growing CA (its own architecture and fire rate):
-    the same keys, so the article's model gives the same states."""
+    """growing.damaged_rollout for any Growing CA (its own architecture and fire rate)."""
     growing.check_state(x0, ca.model.channels)
-    if damage_at is None:
-        return _roll(ca, x0, key, steps, trajectory)
-    if not 0 <= damage_at < steps:
-        raise ValueError(f"damage_at must lie in [0, {steps}), got {damage_at}")
-    k_first, k_damage, k_rest = jax.random.split(key, 3)
-    first = _roll(ca, x0, k_first, damage_at, trajectory)
-    before = (first[-1] if damage_at else jnp.asarray(x0)) if trajectory else first
-    batch = before.reshape(-1, *before.shape[-3:])
-    cut = masks.circle_damage_masks(k_damage, batch.shape[0], *batch.shape[1:3])
-    cut = (batch * cut).reshape(before.shape)
-    rest = _roll(ca, cut, k_rest, steps - damage_at, trajectory)
-    return jnp.concatenate([first, cut[None], rest]) if trajectory else rest
+
+    def roll(x, key, steps, trajectory):
+        return _roll(ca, x, key, steps, trajectory)
+
+    return growing.damaged_rollout(roll, x0, key, steps, damage_at, trajectory)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "trajectory"))

@@ -207,9 +207,40 @@ def rollout_each(
 def damage(x: jax.Array, key: jax.Array) -> jax.Array:
     """Erase one random circle (see :func:`circle_damage_masks`) from each state of a batch."""
     check_state(x)
+    return _cut_circles(x, key)
+
+
+def _cut_circles(x: jax.Array, key: jax.Array) -> jax.Array:
     batch = x.reshape(-1, *x.shape[-3:])
     masks = circle_damage_masks(key, batch.shape[0], *batch.shape[1:3])
     return (batch * masks).reshape(x.shape)
+
+
+def damaged_rollout(
+    roll: Callable[[jax.Array, jax.Array, int, bool], jax.Array],
+    x0: jax.Array,
+    key: jax.Array,
+    steps: int,
+    damage_at: int | None = None,
+    trajectory: bool = False,
+) -> jax.Array:
+    """``roll(x0, key, steps, trajectory)`` (a rollout of any Growing CA), with one random
+    circle cut out of every pattern after ``damage_at`` steps: the regeneration experiment.
+    The trajectory holds steps + 1 states when damaged (the cut state after step
+    ``damage_at``). The same keys for every CA, so equal rules give equal states."""
+    if damage_at is None:
+        return roll(x0, key, steps, trajectory)
+    if not 0 <= damage_at < steps:
+        raise ValueError(f"damage_at must lie in [0, {steps}), got {damage_at}")
+    k_first, k_damage, k_rest = jax.random.split(key, 3)
+    first = roll(x0, k_first, damage_at, trajectory)
+    if trajectory:
+        before = first[-1] if damage_at else jnp.asarray(x0)
+    else:
+        before = first
+    cut = _cut_circles(before, k_damage)
+    rest = roll(cut, k_rest, steps - damage_at, trajectory)
+    return jnp.concatenate([first, cut[None], rest]) if trajectory else rest
 
 
 def rollout_with_damage(
@@ -220,22 +251,14 @@ def rollout_with_damage(
     damage_at: int | None = None,
     trajectory: bool = False,
 ) -> jax.Array:
-    """:func:`rollout`, with one random circle cut out of every pattern after ``damage_at``
-    steps (the regeneration experiment). The trajectory holds steps + 1 states when
-    damaged: the cut state is inserted after step ``damage_at``."""
-    if damage_at is None:
-        return rollout(params, x0, key, steps, trajectory)
-    if not 0 <= damage_at < steps:
-        raise ValueError(f"damage_at must lie in [0, {steps}), got {damage_at}")
-    k_first, k_damage, k_rest = jax.random.split(key, 3)
-    first = rollout(params, x0, k_first, damage_at, trajectory)
-    if trajectory:
-        before = first[-1] if damage_at else jnp.asarray(x0)
-    else:
-        before = first
-    cut = damage(before, k_damage)
-    rest = rollout(params, cut, k_rest, steps - damage_at, trajectory)
-    return jnp.concatenate([first, cut[None], rest]) if trajectory else rest
+    """:func:`rollout` of the article's rule through :func:`damaged_rollout` (one random
+    circle cut out of every pattern after ``damage_at`` steps)."""
+    check_state(x0)
+
+    def roll(x, key, steps, trajectory):
+        return rollout(params, x, key, steps, trajectory)
+
+    return damaged_rollout(roll, x0, key, steps, damage_at, trajectory)
 
 
 def variable_rollout(
