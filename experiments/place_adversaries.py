@@ -38,7 +38,7 @@ from nca_adv.attacks import placement as P
 from nca_adv.evaluation import adversary_eval
 from nca_adv.io import data, targets
 from nca_adv.media import video
-from nca_adv.models import architecture, growing, mnist
+from nca_adv.models import growing, mnist
 
 from .common import atomic_output, check_memory, check_output_dir, print_result, run
 
@@ -326,14 +326,11 @@ def _mnist_picture(images, masks, k, n=24, zoom=6):
 # ----------------------------------------------------------------------------- growing
 def _growing() -> dict:
     t0 = time.perf_counter()
-    base_ca = io.load_ca(FLAGS.model or "lizard", "growing")
-    if base_ca.model != architecture.GrowingCA():  # the placement steps are the article's rule
-        raise app.UsageError(
-            f"--model={FLAGS.model}: placement runs the article's Growing CA (fire rate 0.5); "
-            f"this model is {architecture.to_json(base_ca.model)}"
-        )
-    base = base_ca.params
-    adv = adversaries.load_adversary(FLAGS.adversary or "lizard_no_tail_adversary", "growing", base)
+    # Both as CAs: the base's own architecture and fire rate, the adversary at that rate.
+    base = io.load_ca(FLAGS.model or "lizard", "growing")
+    adv = adversaries.load_adversary_ca(
+        FLAGS.adversary or "lizard_no_tail_adversary", "growing", base
+    )
     steps = FLAGS.steps or 500
     opt_steps = FLAGS.opt_steps or steps
     relax_steps = FLAGS.relax_steps or opt_steps

@@ -136,6 +136,40 @@ def test_vmapped_over_keys_states_and_parameters(lizard):
     _close(for_form("dense"), for_form("living"))
 
 
+def test_gradients_of_vmapped_steps(lizard):
+    """``grad`` of ``vmap`` (states and keys batched, and parameters per run) and ``vmap``
+    of ``grad``: equal to the dense step's (a batched capacity switch once failed to
+    transpose)."""
+    x0 = _grown(lizard, batch=3)[:, None]  # (3, 1, H, W, 16): one state per run
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    advs = jax.tree.map(lambda a: jnp.stack([a, 0.9 * a, 1.1 * a]), lizard)
+
+    def final(params, x, k, form):
+        return scan_steps(architecture.GrowingCA().step(params, form), x, k, 4, remat=True)
+
+    def over_states(form):
+        f = lambda xs: jax.vmap(lambda x, k: final(lizard, x, k, form)[..., :4].sum())(xs, keys)  # noqa: E731
+        return jax.jit(jax.grad(lambda xs: f(xs).sum()))(x0)
+
+    def over_params(form):
+        f = lambda ps: jax.vmap(lambda p, x, k: final(p, x, k, form)[..., 3].sum())(ps, x0, keys)  # noqa: E731
+        return jax.jit(jax.grad(lambda ps: f(ps).sum()))(advs)
+
+    def per_run(form):
+        g = jax.grad(lambda p, x, k: final(p, x, k, form)[..., 3].sum())
+        return jax.jit(jax.vmap(g))(advs, x0, keys)
+
+    def nested(form):  # vmap over keys of vmap over states
+        inner = lambda xs, k: jax.vmap(lambda x: final(lizard, x, k, form)[..., :4].sum())(xs)  # noqa: E731
+        return jax.jit(jax.grad(lambda xs: jax.vmap(lambda k: inner(xs, k))(keys).sum()))(x0)
+
+    _close(over_states("dense"), over_states("living"), 1e-5)
+    _close(nested("dense"), nested("living"), 1e-5)
+    for make in (over_params, per_run):
+        for a, b in zip(jax.tree.leaves(make("dense")), jax.tree.leaves(make("living"))):
+            _close(a, b, 1e-5)
+
+
 def test_other_architectures():
     model = architecture.GrowingCA(
         hidden=32, perception="learned", perception_features=24, fire_rate=0.3

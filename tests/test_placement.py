@@ -45,6 +45,28 @@ def test_relaxed_step_equals_discrete_at_0_and_1():
     assert not np.array_equal(np.asarray(want), np.asarray(step(base)(x, key)))
 
 
+def test_growing_placement_runs_any_growing_ca_at_its_own_fire_rate():
+    """A base of another architecture and fire rate (hidden 32, rate 0.3) grows and attacks
+    with its own step: grow_lizards equals that CA's rollout, not the same weights at 0.5."""
+    from nca_adv.models import architecture
+    from nca_adv.models.rollout import scan_steps
+
+    model = architecture.GrowingCA(hidden=32, fire_rate=0.3)
+    params = model.init(jax.random.PRNGKey(0))
+    params["dense2"]["kernel"] = 0.1 * jax.random.normal(jax.random.PRNGKey(2), (32, 16))
+    base = architecture.CA(model, params)
+    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    grown = P.grow_lizards(base, 12, 12, keys, 6)
+    k_grow = jax.random.split(keys[1], 3)[0]
+    want = scan_steps(model.step(params), growing.seed_state(12, 12), k_grow, 6)
+    np.testing.assert_allclose(np.asarray(grown[1]), np.asarray(want), atol=1e-6)
+    at_half = architecture.CA(architecture.GrowingCA(hidden=32), params)
+    assert not np.allclose(np.asarray(P.grow_lizards(at_half, 12, 12, keys, 6)), grown)
+    masks = jnp.zeros((1, 12, 12, 1)).at[0, 6, 6, 0].set(1.0)
+    finals = P.growing_finals(base, base, grown, masks, keys, 3)
+    assert finals.shape == (2, 1, 12, 12, 16)
+
+
 def _mnist_pair():
     base = mnist.init_mnist_params(jax.random.PRNGKey(0))
     adv = mnist.init_mnist_params(jax.random.PRNGKey(1))

@@ -35,7 +35,7 @@ import numpy as np
 
 from nca_adv.attacks import adversaries
 from nca_adv.errors import UserError
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 from nca_adv.models.rollout import scan_steps
 
 Step = Callable[[jax.Array, jax.Array], jax.Array]
@@ -527,32 +527,43 @@ def growing_eligible(target: jax.Array) -> jax.Array:
     return (alpha >= adversaries.TARGET_ALPHA)[None, ..., None].astype(jnp.float32)
 
 
+def _as_growing_step(model) -> growing.GrowingStep:
+    """A Growing CA's step (any architecture and fire rate: ``model.step(params)``, or a
+    :class:`~nca_adv.models.architecture.CA`); bare params are the article's rule."""
+    if isinstance(model, growing.GrowingStep):
+        return model
+    if isinstance(model, architecture.CA):
+        return model.model.step(model.params)
+    return growing.GrowingStep(model)
+
+
 @functools.partial(jax.jit, static_argnames=("h", "w", "grow_first"))
 def grow_lizards(base, h: int, w: int, keys: jax.Array, grow_first: int) -> jax.Array:
-    """(R, H, W, 16) lizards grown by the base for ``grow_first`` steps, run r from the
-    grow key of ``keys[r]`` exactly as :func:`adversary_eval.growing_attack`'s run r."""
-    x0 = growing.seed_state(h, w)
+    """(R, H, W, C) patterns grown by ``base`` (a Growing CA's step, a CA, or the article's
+    params) for ``grow_first`` steps, run r from the grow key of ``keys[r]`` exactly as
+    :func:`adversary_eval.growing_attack`'s run r."""
+    base = _as_growing_step(base)
+    x0 = growing.seed_state(h, w, base.channels)
 
     def one(key):
         k_grow = jax.random.split(key, 3)[0]
-        return scan_steps(lambda x, k: growing.growing_step(base, x, k), x0, k_grow, grow_first)
+        return scan_steps(base, x0, k_grow, grow_first)
 
     return jax.vmap(one)(keys)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "relaxed", "remat"))
 def growing_finals(base, adv, grown, masks, keys, steps: int, relaxed=False, remat=False):
-    """(R, B, H, W, 16) states after ``steps`` mixed steps from the grown lizards ``grown``
-    (R, H, W, 16) under masks (B, H, W, 1); run r uses the run key of ``keys[r]`` as
+    """(R, B, H, W, C) states after ``steps`` mixed steps from the grown patterns ``grown``
+    (R, H, W, C) under masks (B, H, W, 1); run r uses the run key of ``keys[r]`` as
     :func:`adversary_eval.growing_attack` (its mask key is not used: the mask is the
-    placement)."""
+    placement). ``base``, ``adv``: Growing CA steps (or CAs, or the article's params)."""
+    base, adv = _as_growing_step(base), _as_growing_step(adv)
 
     def one(x, key, mask):
         k_run = jax.random.split(key, 3)[2]
         transform = relaxed_adversaries if relaxed else adversaries.with_adversaries
-        step = transform(lambda x, k: growing.growing_step(adv, x, k), mask)(
-            lambda x, k: growing.growing_step(base, x, k)
-        )
+        step = transform(adv, mask)(base)
         return scan_steps(step, x, k_run, steps, remat=remat)
 
     return jax.vmap(lambda x, key: jax.vmap(lambda m: one(x, key, m))(masks))(grown, keys)

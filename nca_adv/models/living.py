@@ -106,6 +106,22 @@ def _dense_dx(x, features_of, nets) -> list[jax.Array]:
     return [apply(params, feats) for apply, params in nets]
 
 
+@custom_batching.custom_vmap
+def _batch_wide(index: jax.Array) -> jax.Array:
+    """The capacity branch ``index``; under ``vmap``, the largest over the batch, unbatched.
+    A batched switch would run every branch and select (and its selects do not transpose:
+    ``grad`` of ``vmap`` of a step would fail); one branch big enough for every sample
+    keeps the single gather and the derivative."""
+    return index
+
+
+@_batch_wide.def_vmap
+def _batch_wide_rule(axis_size, in_batched, index):
+    (batched,) = in_batched
+    # Through _batch_wide again, so an enclosing vmap meets this rule too.
+    return _batch_wide(jnp.max(index, axis=0) if batched else index), False
+
+
 def _updates(x, pre, features_of, nets, caps: tuple[int, ...]) -> list[jax.Array]:
     """Every network's dx on the needed cells (the dilation of the alive mask ``pre``),
     through the smallest capacity that holds them."""
@@ -117,6 +133,7 @@ def _updates(x, pre, features_of, nets, caps: tuple[int, ...]) -> list[jax.Array
     ]
     branches.append(lambda x: _dense_dx(x, features_of, nets))
     index = jnp.sum(count > jnp.asarray(caps, count.dtype)) if caps else jnp.int32(0)
+    index = _batch_wide(index)
     # Each branch rematerialised: a differentiated switch otherwise keeps the residuals of
     # every branch (the dense one's included), zero-filled, at every step: 4x the cost.
     return jax.lax.switch(index, [jax.checkpoint(lambda x, b=b: b(x)) for b in branches], x)
