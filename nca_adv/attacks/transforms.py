@@ -38,6 +38,8 @@ def as_pytree_step(step) -> Callable:
 
     if isinstance(step, architecture.CA):
         return step.model.step(step.params)
+    if isinstance(step, architecture.PytreeStep):
+        return step.fn
     if architecture.is_pytree_step(step):
         return step
     if not callable(step):

@@ -339,7 +339,7 @@ def _growing_run(base, adv, x0, alpha, key, p, grow_first, steps, trajectory):
     k_grow, k_mask, k_run = jax.random.split(key, 3)
     grown = scan_steps(base.step, x0, k_grow, grow_first)
     mask = adversaries.growing_adversary_mask(k_mask, alpha, p)
-    mixed = adversaries.with_adversaries(adv.step, mask)(base.step)
+    mixed = adversaries.with_adversaries(adv, mask)(base)  # CAs: one fused living step
     states, peaks = _scan_with_peaks(mixed, grown, k_run, steps, trajectory)
     return GrowingAttack(grown, states, mask, peaks)
 
@@ -466,7 +466,7 @@ def _growing_attack_jobs(base, advs, alphas, ps, keys, grow_first, steps, record
         k_grow, k_mask, k_run = jax.random.split(key, 3)
         grown = scan_steps(base.step, x0, k_grow, grow_first)
         mask = adversaries.growing_adversary_mask(k_mask, alpha, p)
-        mixed = adversaries.with_adversaries(adv.step, mask)(base.step)
+        mixed = adversaries.with_adversaries(adv, mask)(base)  # CAs: one fused living step
         if not record_every:
             return scan_steps(mixed, grown, k_run, steps), mask, None
         final, frames = _recorded_scan(mixed, grown, k_run, steps, record_every)
