@@ -38,7 +38,7 @@ from nca_adv.attacks import placement as P
 from nca_adv.evaluation import adversary_eval
 from nca_adv.io import data, targets
 from nca_adv.media import video
-from nca_adv.models import growing, mnist
+from nca_adv.models import architecture, growing, mnist
 
 from .common import atomic_output, check_memory, check_output_dir, print_result, run
 
@@ -374,6 +374,8 @@ def _growing() -> dict:
     out = {
         "kind": "growing",
         "model": FLAGS.model or "lizard",
+        "fire_rate": base.model.fire_rate,
+        "architecture": architecture.to_dict(base.model),
         "adversary": FLAGS.adversary or "lizard_no_tail_adversary",
         "target": FLAGS.target,
         "padding": FLAGS.padding,

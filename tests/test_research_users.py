@@ -192,23 +192,43 @@ def test_train_growing_adversary_base_keeps_its_rate(lizard_03, tmp_path):
     assert nca_adv.load_ca(str(tmp_path / "w"), "growing").model.fire_rate == 0.3
 
 
-def test_place_adversaries_refuses_a_model_it_cannot_run(lizard_03):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nca_adv.experiments.place_adversaries",
-            "--kind=growing",
-            f"--model={lizard_03}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=600,
-    )
-    assert res.returncode != 0
-    assert "fire rate 0.5" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+def test_place_adversaries_runs_a_model_at_its_own_fire_rate(lizard_03, tmp_path):
+    """The placement launch grows and attacks with the model's own rule: the 0.3 file's
+    result records 0.3 and differs from the same weights at 0.5 (the shipped lizard)."""
+    outs = {}
+    for name, model in (("03", str(lizard_03)), ("05", "lizard")):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nca_adv.experiments.place_adversaries",
+                "--kind=growing",
+                f"--model={model}",
+                f"--adversary={model}",
+                "--budget=0.05",
+                "--target=lizard_no_tail",
+                "--padding=0",
+                "--grow_first=6",
+                "--steps=3",
+                "--opt_keys=1",
+                "--eval_keys=2",
+                "--iterations=1",
+                "--rounds=1",
+                "--start=random",
+                "--lr=1",
+                f"--out_dir={tmp_path / name}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert outs["03"]["fire_rate"] == 0.3 and outs["05"]["fire_rate"] == 0.5
+    assert outs["03"]["architecture"]["hidden"] == 128
+    assert outs["03"]["random_loss"] != outs["05"]["random_loss"]
 
 
 def test_the_playground_loads_a_03_model_at_03(lizard_03):
