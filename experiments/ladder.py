@@ -107,6 +107,8 @@ LADDER = (
             ("head", "lizard_no_head"),
             ("red", "lizard_red"),
             ("blue", "lizard_blue"),
+            ("arm", "lizard_no_arm"),
+            ("leg", "lizard_no_leg"),
         )
     ),
     Rung(
