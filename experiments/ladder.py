@@ -367,7 +367,12 @@ def summary_table(assets: Path) -> str:
             )
             continue
         recipe = entry.get("recipe", {})
-        text = f"init {recipe.get('init', '?')}, lr {recipe.get('lr', '?')}"
+        init = recipe.get("init", "?")
+        if init == "fresh":
+            init = "from I" if recipe.get("kind") == "perturbation" else "random"
+        text = f"init {init}, lr {recipe.get('lr', '?')}"
+        if recipe.get("lr_decay_at"):
+            text += f" -> x0.1 at {recipe['lr_decay_at']}"
         score = (
             "-" if not ev else f"{ev['loss']:.5f} / {ev['loss_original']:.5f} / {ev['ratio']:.3f}"
         )
