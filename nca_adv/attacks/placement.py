@@ -529,12 +529,12 @@ def growing_eligible(target: jax.Array) -> jax.Array:
 
 def _as_growing_step(model) -> growing.GrowingStep:
     """A Growing CA's step (any architecture and fire rate: ``model.step(params)``, or a
-    :class:`~nca_adv.models.architecture.CA`); bare params are the article's rule."""
+    :class:`~nca_adv.models.architecture.CA`); bare params run at the default fire rate,
+    their architecture read from their shapes."""
     if isinstance(model, growing.GrowingStep):
         return model
-    if isinstance(model, architecture.CA):
-        return model.model.step(model.params)
-    return growing.GrowingStep(model)
+    ca = architecture.bind(model, "growing")
+    return ca.model.step(ca.params)
 
 
 @functools.partial(jax.jit, static_argnames=("h", "w", "grow_first"))

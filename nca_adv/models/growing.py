@@ -124,10 +124,6 @@ class GrowingStep:
     def channels(self) -> int:
         return self.update.channels
 
-    def with_form(self, form: str) -> GrowingStep:
-        """The same step in another form (``living``, ``dense`` or ``auto``)."""
-        return GrowingStep(self.params, self.fire_rate, self.perceive, self.update, form)
-
     def apply(self) -> _Apply:
         return _Apply(self.update)
 
