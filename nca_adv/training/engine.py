@@ -124,9 +124,10 @@ def make_chunk(
     With R = 1 the run axis is squeezed rather than vmapped, so the single run keeps the
     ``lax.cond`` that skips unused steps (under ``vmap`` it would become a select).
     ``sequential``: R > 1 runs one after another in the program (``lax.map``) rather than
-    vmapped, which keeps those conds and the living-cell steps' capacity switch (a
-    differentiated step under ``vmap`` would run every branch); default: when the
-    Growing CA steps are living-cell ones (CPU). Same numbers either way.
+    vmapped, which keeps those conds (under ``vmap`` each becomes a select running both
+    branches) and lets each run's living-cell steps pick their own capacity (vmapped, the
+    largest over the runs); default: when the Growing CA steps are living-cell ones (CPU).
+    Same numbers either way.
 
     ``step_form``: the form of the Growing CA steps the recipe builds inside this program
     (:func:`nca_adv.models.living.step_form`); default ``dense`` when ``batch_sharding``
